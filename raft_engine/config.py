@@ -1,0 +1,95 @@
+"""Architecture configuration of RAFT (Teed & Deng, ECCV 2020)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VARIANTS = ("large", "small")
+
+
+@dataclass(frozen=True)
+class RAFTConfig:
+    """What distinguishes one RAFT architecture from another.
+
+    The two presets reproduce the published networks; trained checkpoints only fit them.
+    """
+
+    variant: str
+    # Stem and layer widths of the feature and context encoders (stem, layer1, layer2, layer3).
+    encoder_widths: tuple[int, int, int, int]
+    # "residual" (two 3x3 convs, RAFT-large) or "bottleneck" (1x1-3x3-1x1, RAFT-small).
+    encoder_block: str
+    # Normalisation of the context encoder: BatchNorm (eval statistics) for large, none for small.
+    context_norm: str
+    feature_dim: int
+    hidden_dim: int
+    context_dim: int
+    corr_levels: int
+    corr_radius: int
+    # Convex upsampling with a learned 9x8x8 mask (large) or bilinear x8 (small).
+    convex_upsampling: bool
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown RAFT variant {self.variant!r}; expected one of {VARIANTS}")
+        if self.encoder_block not in ("residual", "bottleneck"):
+            raise ValueError(f"unknown encoder_block {self.encoder_block!r}; expected 'residual' or 'bottleneck'")
+        if self.context_norm not in ("batch", "none"):
+            raise ValueError(f"unknown context_norm {self.context_norm!r}; expected 'batch' or 'none'")
+        if self.corr_levels < 1 or self.corr_radius < 1:
+            raise ValueError(f"corr_levels and corr_radius must be >= 1, got {self.corr_levels} and {self.corr_radius}")
+
+    @classmethod
+    def large(cls) -> RAFTConfig:
+        return cls(
+            variant="large",
+            encoder_widths=(64, 64, 96, 128),
+            encoder_block="residual",
+            context_norm="batch",
+            feature_dim=256,
+            hidden_dim=128,
+            context_dim=128,
+            corr_levels=4,
+            corr_radius=4,
+            convex_upsampling=True,
+        )
+
+    @classmethod
+    def small(cls) -> RAFTConfig:
+        return cls(
+            variant="small",
+            encoder_widths=(32, 32, 64, 96),
+            encoder_block="bottleneck",
+            context_norm="none",
+            feature_dim=128,
+            hidden_dim=96,
+            context_dim=64,
+            corr_levels=4,
+            corr_radius=3,
+            convex_upsampling=False,
+        )
+
+    @classmethod
+    def from_variant(cls, variant: str) -> RAFTConfig:
+        if variant == "large":
+            return cls.large()
+        if variant == "small":
+            return cls.small()
+        raise ValueError(f"unknown RAFT variant {variant!r}; expected one of {VARIANTS}")
+
+    @property
+    def corr_channels(self) -> int:
+        """Channels of the motion encoder's correlation input: levels x (2r+1)^2."""
+        return self.corr_levels * (2 * self.corr_radius + 1) ** 2
+
+    @property
+    def min_feature_size(self) -> int:
+        """Smallest side of the 1/8 feature grid: the coarsest pyramid level must keep 2 cells.
+
+        The published lookup normalises coordinates by (size - 1), undefined for a 1-cell level.
+        """
+        return 2**self.corr_levels
+
+    @property
+    def min_image_size(self) -> int:
+        return 8 * self.min_feature_size
