@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from synthetic import DATA, synthetic_state_dict
+
+from raft_engine import RAFT, RAFTConfig
+from raft_engine.weights import load_model
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    return 0
+
+
+@pytest.fixture(scope="session")
+def reference() -> dict[str, np.ndarray]:
+    with np.load(DATA / "raft_reference.npz") as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def _load_quietly(name: str) -> RAFT:
+    with warnings.catch_warnings():
+        # The synthetic official-large weights give the duplicate shortcut norms different values.
+        warnings.filterwarnings("ignore", message=".*duplicate shortcut-norm")
+        return load_model(synthetic_state_dict(name))
+
+
+@pytest.fixture(scope="session")
+def official_small() -> RAFT:
+    return _load_quietly("official_small")
+
+
+@pytest.fixture(scope="session")
+def official_large() -> RAFT:
+    return _load_quietly("official_large")
+
+
+@pytest.fixture(scope="session")
+def random_small() -> RAFT:
+    """RAFT-small with PyTorch's default initialisation: cheap, for API tests."""
+    torch.manual_seed(1)
+    return RAFT(RAFTConfig.small()).eval()
+
+
+def rel_error(actual, expected) -> float:
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in 0..255."""
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float()
