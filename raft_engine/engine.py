@@ -1,0 +1,145 @@
+"""FlowEngine: optical flow for image pairs of any size, in any of the supported input forms."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from raft_engine.inputs import Padder, check_pair, to_image_batch
+from raft_engine.model import RAFT
+
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def parse_dtype(dtype) -> torch.dtype:
+    """None, a name (fp32/fp16/bf16, float32/float16/bfloat16) or a torch dtype -> torch dtype."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
+    raise ValueError(f"unsupported dtype {dtype!r}; expected one of fp32, fp16, bf16 (or the torch dtypes)")
+
+
+def parse_device(device) -> torch.device:
+    """None -> CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device {device!r}: {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {str(device)!r} requested, but CUDA is not available (torch.cuda.is_available() is False)"
+        )
+    return device
+
+
+def check_iters(iters) -> int:
+    if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)):
+        raise TypeError(f"iters must be an integer, got {type(iters).__name__}")
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    return int(iters)
+
+
+@dataclass(frozen=True)
+class FlowResult:
+    """flow: (B, 2, H, W) float32 at the input resolution, in pixels, (u, v) = (x, y) displacement.
+    flow_low: (B, 2, H'/8, W'/8) float32 on the padded 1/8 grid, in 1/8-grid cells; pass it as
+    `flow_init` of the next pair of a sequence to warm-start it."""
+
+    flow: torch.Tensor
+    flow_low: torch.Tensor
+
+
+class FlowEngine:
+    """Optical flow with a RAFT model.
+
+    model: a `RAFT` (e.g. from `load_model`); the engine works on its own copy.
+    device: where to run; None means CUDA when available, else the CPU.
+    dtype: "fp32" (default), "fp16" or "bf16". The half-precision modes run the encoders and the
+        update block in that dtype; the correlation and the coordinates stay float32, like the
+        published mixed-precision mode.
+    padding: "sintel" (replicate, split evenly) or "kitti" (all of the height at the bottom).
+    """
+
+    def __init__(self, model: RAFT, device=None, dtype=None, padding: str = "sintel") -> None:
+        if not isinstance(model, RAFT):
+            raise TypeError(f"model must be a raft_engine.RAFT (see load_model), got {type(model).__name__}")
+        if padding not in ("sintel", "kitti"):
+            raise ValueError(f"unknown padding {padding!r}; expected 'sintel' or 'kitti'")
+        self.device = parse_device(device)
+        self.dtype = parse_dtype(dtype)
+        self.padding = padding
+        self.model = copy.deepcopy(model).eval().to(self.device).to_compute_dtype(self.dtype)
+        self.config = model.config
+
+    def __repr__(self) -> str:
+        return (
+            f"FlowEngine(RAFT-{self.config.variant}, device={str(self.device)!r}, "
+            f"dtype={str(self.dtype).removeprefix('torch.')!r}, padding={self.padding!r})"
+        )
+
+    def prepare(self, image1, image2) -> tuple[torch.Tensor, torch.Tensor, Padder]:
+        """Convert, validate and pad a pair -> (B, 3, H', W') float32 on the device, and the padder."""
+        batch1 = to_image_batch(image1, "image1").to(self.device)
+        batch2 = to_image_batch(image2, "image2").to(self.device)
+        check_pair(batch1, batch2)
+        height, width = batch1.shape[-2:]
+        padder = Padder(height, width, self.padding)
+        padded_h, padded_w = padder.padded_size
+        minimum = self.config.min_image_size
+        if padded_h < minimum or padded_w < minimum:
+            raise ValueError(
+                f"images of {height}x{width} (HxW) are too small for RAFT: padded to {padded_h}x{padded_w}, "
+                f"they must be at least {minimum}x{minimum}, so that the 1/8 feature grid keeps "
+                f"{self.config.min_feature_size // 2 ** (self.config.corr_levels - 1)} cells at the coarsest "
+                f"of its {self.config.corr_levels} correlation levels"
+            )
+        return padder.pad(batch1), padder.pad(batch2), padder
+
+    def check_flow_init(self, flow_init, batch: int, grid: tuple[int, int]) -> torch.Tensor:
+        if isinstance(flow_init, np.ndarray):
+            flow_init = torch.from_numpy(flow_init)
+        if not isinstance(flow_init, torch.Tensor):
+            raise TypeError(f"flow_init must be a torch tensor or numpy array, got {type(flow_init).__name__}")
+        expected = (batch, 2, *grid)
+        if tuple(flow_init.shape) != expected:
+            raise ValueError(
+                f"flow_init has shape {tuple(flow_init.shape)}, expected {expected}: (B, 2, H/8, W/8) on the "
+                "padded 1/8 grid, e.g. the flow_low of the previous result"
+            )
+        if not flow_init.dtype.is_floating_point:
+            raise ValueError(f"flow_init must be floating point, got {flow_init.dtype}")
+        flow_init = flow_init.to(self.device, torch.float32)
+        if not bool(flow_init.isfinite().all()):
+            raise ValueError("flow_init contains NaN or Inf")
+        return flow_init
+
+    @torch.inference_mode()
+    def estimate(self, image1, image2, iters: int = 12, flow_init=None) -> FlowResult:
+        """Flow from image1 to image2 (both (H, W, 3)/(3, H, W) or batched; see `to_image_batch`)."""
+        iters = check_iters(iters)
+        padded1, padded2, padder = self.prepare(image1, image2)
+        if flow_init is not None:
+            grid = (padded1.shape[-2] // 8, padded1.shape[-1] // 8)
+            flow_init = self.check_flow_init(flow_init, padded1.shape[0], grid)
+        output = self.model(padded1, padded2, iters=iters, flow_init=flow_init)
+        return FlowResult(flow=padder.unpad(output.flow), flow_low=output.flow_low)
+
+    def __call__(self, image1, image2, iters: int = 12) -> torch.Tensor:
+        """The flow (B, 2, H, W) float32 of `estimate`."""
+        return self.estimate(image1, image2, iters=iters).flow
