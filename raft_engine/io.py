@@ -1,0 +1,228 @@
+"""Reading images and reading/writing flow files: Middlebury .flo and KITTI 16-bit PNG.
+
+Flow arrays here are numpy (H, W, 2) float32, (u, v) = (x, y) displacement in pixels; the writers
+also take a torch tensor (2, H, W), as a model returns per image.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+FLO_MAGIC = 202021.25  # "PIEH" read as a little-endian float32
+KITTI_SCALE = 64.0
+KITTI_OFFSET = 2**15
+
+
+def as_flow_array(flow, name: str = "flow") -> np.ndarray:
+    """numpy (H, W, 2) or torch (2, H, W) -> numpy (H, W, 2) float32."""
+    if hasattr(flow, "detach") and hasattr(flow, "permute"):  # torch.Tensor, without importing torch
+        if flow.ndim != 3 or flow.shape[0] != 2:
+            raise ValueError(f"{name}: expected a torch tensor (2, H, W), got shape {tuple(flow.shape)}")
+        flow = flow.detach().float().permute(1, 2, 0).cpu().numpy()
+    if not isinstance(flow, np.ndarray):
+        raise TypeError(
+            f"{name}: expected a numpy array (H, W, 2) or a torch tensor (2, H, W), got {type(flow).__name__}"
+        )
+    if flow.ndim != 3 or flow.shape[2] != 2:
+        raise ValueError(f"{name}: expected a numpy array (H, W, 2), got shape {flow.shape}")
+    return np.ascontiguousarray(flow, dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# Images
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An 8-bit image file -> (H, W, 3) uint8 RGB. Grayscale is repeated to 3 channels; an alpha
+    channel is accepted only when fully opaque; 16-bit images are refused rather than truncated."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such image file: {path}")
+    try:
+        image = Image.open(path)
+        # Pillow decodes 16-bit colour PNGs to 8-bit "RGB"; the raw mode of the tile still says 16.
+        rawmodes = [str(tile[3]) for tile in image.tile]  # (codec, extents, offset, rawmode)
+        image.load()
+    except (OSError, SyntaxError) as error:  # PIL raises these for unreadable or truncated files
+        raise ValueError(f"cannot read image {path}: {error}") from error
+    if image.mode in ("I", "I;16", "I;16B", "F") or any(";16" in mode for mode in rawmodes):
+        raise ValueError(
+            f"{path} is a 16-bit or floating-point image (mode {image.mode}); convert it to 8-bit RGB first"
+        )
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        alpha = np.asarray(image.getchannel("A"))
+        if alpha.min() < 255:
+            raise ValueError(f"{path} has transparent pixels; flatten its alpha channel first")
+        image = image.convert("RGB")
+    if image.mode == "L":
+        image = image.convert("RGB")
+    if image.mode != "RGB":
+        raise ValueError(f"{path} has unsupported image mode {image.mode!r}; convert it to RGB first")
+    return np.asarray(image).copy()
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """(H, W, 3) uint8 -> an image file whose format follows the suffix (PNG recommended)."""
+    from PIL import Image
+
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        raise ValueError(f"expected an (H, W, 3) uint8 array, got {getattr(image, 'shape', type(image))}")
+    Image.fromarray(image).save(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Middlebury .flo: "PIEH", int32 width, int32 height, then float32 (u, v) interleaved, row-major.
+
+
+def read_flo(path: str | os.PathLike) -> np.ndarray:
+    data = Path(path).read_bytes()
+    if len(data) < 12:
+        raise ValueError(f"{path}: too short for a .flo file ({len(data)} bytes)")
+    magic, width, height = struct.unpack("<fii", data[:12])
+    if magic != FLO_MAGIC:
+        raise ValueError(f"{path}: not a Middlebury .flo file (magic {magic!r}, expected {FLO_MAGIC})")
+    if width <= 0 or height <= 0 or len(data) != 12 + 8 * width * height:
+        raise ValueError(f"{path}: header says {width}x{height} (WxH), which does not match the file size {len(data)}")
+    return np.frombuffer(data, dtype="<f4", offset=12).reshape(height, width, 2).astype(np.float32)
+
+
+def write_flo(path: str | os.PathLike, flow) -> None:
+    flow = as_flow_array(flow)
+    height, width = flow.shape[:2]
+    with open(path, "wb") as f:
+        f.write(struct.pack("<fii", FLO_MAGIC, width, height))
+        f.write(flow.astype("<f4").tobytes())
+
+
+# ------------------------------------------------------------------------------------------------
+# KITTI flow: a 16-bit RGB PNG, R = u * 64 + 2^15, G = v * 64 + 2^15, B = 1 where valid.
+# Pillow reduces 16-bit colour PNGs to 8 bits, so the PNG container is handled here.
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _write_png16_rgb(path: str | os.PathLike, pixels: np.ndarray) -> None:
+    """pixels: (H, W, 3) uint16."""
+    height, width, _ = pixels.shape
+    rows = pixels.astype(">u2").reshape(height, width * 6 // 2).view(np.uint8).reshape(height, width * 6)
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1)  # filter type 0 per row
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(_PNG_SIGNATURE)
+        f.write(_png_chunk(b"IHDR", header))
+        f.write(_png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)))
+        f.write(_png_chunk(b"IEND", b""))
+
+
+def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    p = a + b - c
+    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+    return np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+
+
+def _unfilter(raw: np.ndarray, height: int, width: int, bpp: int) -> np.ndarray:
+    """Undo PNG's per-row filters -> (H, W*bpp) uint8.
+
+    A byte depends on its left (same byte of the previous pixel), upper and upper-left neighbours,
+    so pixels on one anti-diagonal are independent: H + W - 1 vectorised steps instead of H * W.
+    """
+    rows = raw.reshape(height, 1 + width * bpp)
+    types = rows[:, 0].astype(np.int32)
+    if types.max(initial=0) > 4:
+        raise ValueError(f"invalid PNG filter type {types.max()}")
+    filtered = rows[:, 1:].reshape(height, width, bpp).astype(np.int32)
+    if not types.any():
+        return filtered.astype(np.uint8).reshape(height, width * bpp)
+    recon = np.zeros((height + 1, width + 1, bpp), np.int32)  # row 0 and column 0: zero padding
+    for diagonal in range(height + width - 1):
+        r = np.arange(max(0, diagonal - width + 1), min(height, diagonal + 1))
+        c = diagonal - r
+        left, up, up_left = recon[r + 1, c], recon[r, c + 1], recon[r, c]
+        kind = types[r][:, None]
+        predicted = np.select(
+            [kind == 1, kind == 2, kind == 3, kind == 4],
+            [left, up, (left + up) // 2, _paeth(left, up, up_left)],
+            default=0,
+        )
+        recon[r + 1, c + 1] = (filtered[r, c] + predicted) & 0xFF
+    return recon[1:, 1:].astype(np.uint8).reshape(height, width * bpp)
+
+
+def _read_png16_rgb(path: str | os.PathLike) -> np.ndarray:
+    data = Path(path).read_bytes()
+    if not data.startswith(_PNG_SIGNATURE):
+        raise ValueError(f"{path}: not a PNG file")
+    pos, header, idat = len(_PNG_SIGNATURE), None, []
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        payload = data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length] or b"\0\0\0\0")
+        if len(payload) != length or crc != zlib.crc32(kind + payload):
+            raise ValueError(f"{path}: corrupt PNG chunk {kind!r}")
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", payload)
+        elif kind == b"IDAT":
+            idat.append(payload)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if header is None or not idat:
+        raise ValueError(f"{path}: PNG without image data")
+    width, height, depth, colour, _, _, interlace = header
+    if depth != 16 or colour != 2:
+        raise ValueError(
+            f"{path}: a KITTI flow PNG is 16-bit RGB; this one has bit depth {depth}, colour type {colour}"
+        )
+    if interlace:
+        raise ValueError(f"{path}: interlaced PNGs are not supported")
+    raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8)
+    if raw.size != height * (1 + width * 6):
+        raise ValueError(f"{path}: PNG data size does not match its {width}x{height} header")
+    rows = _unfilter(raw, height, width, 6)
+    return rows.reshape(height, width, 3, 2).astype(np.uint16) @ np.array([256, 1], np.uint16)
+
+
+def read_kitti_flow(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """-> (flow (H, W, 2) float32, valid (H, W) bool). Invalid pixels have zero flow."""
+    pixels = _read_png16_rgb(path).astype(np.float32)
+    valid = pixels[..., 2] > 0
+    flow = (pixels[..., :2] - KITTI_OFFSET) / KITTI_SCALE
+    flow[~valid] = 0.0
+    return flow, valid
+
+
+def write_kitti_flow(path: str | os.PathLike, flow, valid: np.ndarray | None = None) -> None:
+    """valid: (H, W) bool, default all valid. The format holds |u|, |v| < 512 in steps of 1/64 px."""
+    flow = as_flow_array(flow)
+    height, width = flow.shape[:2]
+    if valid is None:
+        valid = np.ones((height, width), bool)
+    valid = np.asarray(valid)
+    if valid.shape != (height, width):
+        raise ValueError(f"valid mask has shape {valid.shape}, flow is {height}x{width}")
+    valid = valid.astype(bool)
+    encoded = np.rint(flow.astype(np.float64) * KITTI_SCALE) + KITTI_OFFSET
+    if not np.isfinite(flow[valid]).all():
+        raise ValueError("flow has NaN or Inf at valid pixels; mark them invalid")
+    outside = valid & ((encoded < 0) | (encoded > 65535)).any(axis=2)
+    if outside.any():
+        raise ValueError(
+            f"{int(outside.sum())} valid pixels have flow beyond the KITTI PNG range (|u|, |v| <= 511.98 px); "
+            "mark them invalid or store the flow as .flo"
+        )
+    encoded[~valid] = KITTI_OFFSET
+    pixels = np.concatenate([encoded, valid[..., None].astype(np.float64)], axis=2)
+    _write_png16_rgb(path, pixels.astype(np.uint16))
