@@ -1,0 +1,200 @@
+"""The `raft-engine` command line."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
+
+
+class UserError(Exception):
+    """A mistake in the command line or its inputs: reported in one line, without a traceback."""
+
+
+def _natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def collect_frames(inputs: list[str]) -> tuple[list[Path], bool]:
+    """-> (frames in order, whether the output is a single pair). One folder: its images in natural
+    name order. Files: in the order given."""
+    paths = [Path(p) for p in inputs]
+    if len(paths) == 1 and paths[0].is_dir():
+        frames = sorted((p for p in paths[0].iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+        if len(frames) < 2:
+            raise UserError(f"folder {paths[0]} holds {len(frames)} image(s); at least 2 frames are needed")
+        return frames, False
+    for path in paths:
+        if path.is_dir():
+            raise UserError(f"{path} is a folder; give either one folder or a list of image files")
+        if not path.is_file():
+            raise UserError(f"no such image file: {path}")
+    if len(paths) < 2:
+        raise UserError("give two frames, a list of frames, or a folder of frames")
+    return paths, len(paths) == 2
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from raft_engine import __version__
+
+    parser = argparse.ArgumentParser(prog="raft-engine", description="RAFT optical flow.")
+    parser.add_argument("--version", action="version", version=f"raft-engine {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    flow = commands.add_parser(
+        "flow",
+        help="estimate the flow of a pair or of consecutive frames",
+        description="Estimate optical flow. Two files: one flow image (-o is a file). A folder or a longer "
+        "list of frames: one flow per consecutive pair (-o and --flo are folders, files named after the "
+        "first frame of each pair).",
+    )
+    flow.add_argument("frames", nargs="+", metavar="FRAME", help="two images, a list of images, or one folder")
+    flow.add_argument(
+        "--weights",
+        required=True,
+        metavar="W",
+        help="checkpoint file (.pth/.pt/.safetensors, published or torchvision layout) or preset name",
+    )
+    flow.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="flow image (PNG) for a pair, default flow.png; a folder for a sequence, default flow/",
+    )
+    flow.add_argument(
+        "--flo", metavar="PATH", help="also write Middlebury .flo: a file for a pair, a folder for a sequence"
+    )
+    flow.add_argument("--iters", type=int, default=12, metavar="N", help="refinement iterations (default 12)")
+    flow.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    flow.add_argument(
+        "--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="compute precision (default fp32)"
+    )
+    flow.add_argument("--padding", default="sintel", choices=("sintel", "kitti"), help="how to pad to a multiple of 8")
+    flow.add_argument(
+        "--warm-start", action="store_true", help="sequences: start each pair from the previous pair's 1/8 flow"
+    )
+    flow.add_argument(
+        "--max-magnitude",
+        type=float,
+        default=None,
+        metavar="M",
+        help="flow length drawn at full saturation (default: each image's own maximum)",
+    )
+    flow.add_argument(
+        "--variant",
+        choices=("large", "small"),
+        default=None,
+        help="expected RAFT variant (default: inferred from the checkpoint)",
+    )
+
+    presets = commands.add_parser("presets", help="list the named weights and whether they are cached")
+    presets.set_defaults(command="presets")
+    return parser
+
+
+def _run_flow(args: argparse.Namespace) -> None:
+    import numpy as np
+    from tqdm import tqdm
+
+    from raft_engine.engine import FlowEngine
+    from raft_engine.io import read_image, write_flo, write_image
+    from raft_engine.viz import flow_to_color
+    from raft_engine.weights import load_model
+
+    frames, single_pair = collect_frames(args.frames)
+    if args.iters < 1:
+        raise UserError(f"--iters must be >= 1, got {args.iters}")
+    if args.warm_start and single_pair:
+        raise UserError("--warm-start needs a sequence of more than two frames")
+    if args.max_magnitude is not None and not args.max_magnitude > 0:
+        raise UserError(f"--max-magnitude must be positive, got {args.max_magnitude}")
+
+    if single_pair:
+        image_out = Path(args.output or "flow.png")
+        flo_out = Path(args.flo) if args.flo else None
+        targets = [(image_out, flo_out)]
+    else:
+        image_dir = Path(args.output or "flow")
+        flo_dir = Path(args.flo) if args.flo else None
+        for folder in filter(None, (image_dir, flo_dir)):
+            if folder.exists() and not folder.is_dir():
+                raise UserError(
+                    f"{folder} exists and is not a folder; a sequence writes one file per pair into a folder"
+                )
+            folder.mkdir(parents=True, exist_ok=True)
+        targets = [
+            (image_dir / f"{frame.stem}.png", flo_dir / f"{frame.stem}.flo" if flo_dir else None)
+            for frame in frames[:-1]
+        ]
+
+    model = load_model(args.weights, variant=args.variant)
+    engine = FlowEngine(model, device=args.device, dtype=args.dtype, padding=args.padding)
+    start = time.perf_counter()
+    previous = read_image(frames[0])
+    flow_low = None
+    pairs = tqdm(
+        list(zip(frames[1:], targets, strict=True)),
+        desc="flow",
+        unit="pair",
+        disable=single_pair or None,
+        file=sys.stderr,
+    )
+    for frame, (image_out, flo_out) in pairs:
+        current = read_image(frame)
+        result = engine.estimate(previous, current, iters=args.iters, flow_init=flow_low if args.warm_start else None)
+        flow = result.flow[0]
+        write_image(image_out, flow_to_color(flow, args.max_magnitude))
+        if flo_out is not None:
+            write_flo(flo_out, flow)
+        previous, flow_low = current, result.flow_low
+    elapsed = time.perf_counter() - start
+    height, width = np.asarray(previous).shape[:2]
+    where = targets[0][0] if single_pair else targets[0][0].parent
+    print(
+        f"wrote {len(targets)} flow field(s) of {height}x{width} to {where} "
+        f"({engine.model.config.variant}, {args.iters} iterations, {engine.device}, {elapsed:.2f} s)"
+    )
+
+
+def _run_presets() -> None:
+    from raft_engine.weights import PRESETS, cache_dir
+
+    folder = cache_dir()
+    for preset in PRESETS.values():
+        cached = "cached" if (folder / preset.filename).is_file() else "not cached"
+        print(f"{preset.name:22s} RAFT-{preset.variant:5s} {cached:10s} {preset.description}")
+    print(f"cache: {folder} (RAFT_ENGINE_CACHE)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"raft-engine: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show_warning
+    try:
+        if args.command == "flow":
+            _run_flow(args)
+        elif args.command == "presets":
+            _run_presets()
+    except (UserError, ValueError, TypeError, OSError) as error:
+        print(f"raft-engine: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("raft-engine: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
