@@ -95,28 +95,46 @@ class RAFT(nn.Module):
         hidden, context = self.cnet(image1).split([self.config.hidden_dim, self.config.context_dim], dim=1)
         return torch.tanh(hidden), torch.relu(context)
 
-    def forward(
-        self, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12, flow_init: torch.Tensor | None = None
-    ) -> RAFTOutput:
-        """image1, image2: (B, 3, H, W) float in 0..255, H and W multiples of 8.
-        flow_init: optional (B, 2, H/8, W/8) float32 initial flow on the 1/8 grid."""
+    def prepare(
+        self, image1: torch.Tensor, image2: torch.Tensor, flow_init: torch.Tensor | None = None
+    ) -> tuple[object, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything before the iterations -> (corr_state, net, inp, coords0, coords1).
+
+        image1, image2: (B, 3, H, W) float in 0..255, H and W multiples of 8.
+        flow_init: optional (B, 2, H/8, W/8) float32 initial flow on the 1/8 grid.
+        """
         image1 = normalize_images(image1)
         image2 = normalize_images(image2)
         fmap1, fmap2 = self.features(image1, image2)
         corr_state = self.correlation.build(fmap1, fmap2)
         net, inp = self.context(image1)
-
         batch, _, height, width = fmap1.shape
         coords0 = coords_grid(batch, height, width, fmap1.device)
         coords1 = coords0 if flow_init is None else coords0 + flow_init.float()
-        for _ in range(iters):
-            corr = self.correlation.lookup(corr_state, coords1)
-            net, delta_flow = self.update_block(net, inp, corr, coords1 - coords0)
-            coords1 = coords1 + delta_flow
+        return corr_state, net, inp, coords0, coords1
 
+    def step(
+        self, corr_state, net: torch.Tensor, inp: torch.Tensor, coords0: torch.Tensor, coords1: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One refinement: look up the correlation around coords1, update -> (net, coords1)."""
+        corr = self.correlation.lookup(corr_state, coords1)
+        net, delta_flow = self.update_block(net, inp, corr, coords1 - coords0)
+        return net, coords1 + delta_flow
+
+    def upsample(self, flow_low: torch.Tensor, net: torch.Tensor) -> torch.Tensor:
+        """(B, 2, H/8, W/8) flow in cells -> (B, 2, H, W) flow in pixels, guided by the hidden state."""
+        return self.upsampler(flow_low, self.update_block.up_mask(net))
+
+    def forward(
+        self, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12, flow_init: torch.Tensor | None = None
+    ) -> RAFTOutput:
+        """image1, image2: (B, 3, H, W) float in 0..255, H and W multiples of 8.
+        flow_init: optional (B, 2, H/8, W/8) float32 initial flow on the 1/8 grid."""
+        corr_state, net, inp, coords0, coords1 = self.prepare(image1, image2, flow_init)
+        for _ in range(iters):
+            net, coords1 = self.step(corr_state, net, inp, coords0, coords1)
         flow_low = coords1 - coords0
-        flow = self.upsampler(flow_low, self.update_block.up_mask(net))
-        return RAFTOutput(flow=flow, flow_low=flow_low)
+        return RAFTOutput(flow=self.upsample(flow_low, net), flow_low=flow_low)
 
     def to_compute_dtype(self, dtype: torch.dtype) -> RAFT:
         """Cast the encoders and the update block (in place); correlation and coordinates stay float32."""
