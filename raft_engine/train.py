@@ -1,0 +1,224 @@
+"""Training RAFT on generated scenes (`raft_engine.scenes`), as published: sequence loss with
+gamma 0.8, AdamW with a one-cycle learning-rate schedule, gradient clipping at 1.0.
+
+Resumable: the run's folder holds `checkpoint.pth` (model, optimizer, schedule, step) and
+`log.jsonl`; the training pairs are a function of the step, so a resumed run sees the same data.
+bf16 autocast on CUDA; float32 on the CPU.
+
+    python -m raft_engine.train RUN_DIR --steps 10000 --batch-size 6 --height 192 --width 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raft_engine.config import RAFTConfig
+from raft_engine.model import RAFT
+from raft_engine.scenes import TRAINING_SEED_START, generate_pair
+
+SEEDS_PER_RUN = 10**9  # training seeds of run `seed`: TRAINING_SEED_START + seed * SEEDS_PER_RUN + k
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    variant: str = "small"
+    steps: int = 10_000
+    batch_size: int = 6
+    height: int = 192
+    width: int = 256
+    iters: int = 10
+    lr: float = 4e-4
+    weight_decay: float = 1e-4
+    epsilon: float = 1e-8
+    clip: float = 1.0
+    gamma: float = 0.8
+    max_flow: float = 400.0
+    # Largest object translation as a fraction of the width (0.2: 51 px at 256 wide, 102 px at 512).
+    max_displacement: float = 0.2
+    seed: int = 0
+    checkpoint_every: int = 50
+    validate_every: int = 500
+    validation_pairs: int = 16
+    threads: int = 0  # torch CPU threads; 0 leaves PyTorch's default
+
+    def __post_init__(self) -> None:
+        if self.height % 8 or self.width % 8:
+            raise ValueError(f"training size must be a multiple of 8, got {self.height}x{self.width}")
+        if self.steps < 1 or self.batch_size < 1 or self.iters < 1:
+            raise ValueError("steps, batch_size and iters must be >= 1")
+
+
+def sequence_loss(
+    predictions: list[torch.Tensor], flow: torch.Tensor, gamma: float, max_flow: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The published loss: sum_i gamma^(n-1-i) * mean |prediction_i - flow| over valid pixels.
+
+    Pixels with ground truth longer than max_flow are excluded, as published.
+    """
+    valid = (flow.norm(dim=1, keepdim=True) < max_flow).float()
+    count = len(predictions)
+    loss = flow.new_zeros(())
+    for i, prediction in enumerate(predictions):
+        loss = loss + gamma ** (count - 1 - i) * (valid * (prediction - flow).abs()).mean()
+    epe = (predictions[-1].detach() - flow).norm(dim=1)[valid[:, 0] > 0]
+    metrics = {"loss": float(loss.detach()), "epe": float(epe.mean()), "1px": float((epe < 1).float().mean())}
+    return loss, metrics
+
+
+def training_predictions(model: RAFT, image1: torch.Tensor, image2: torch.Tensor, iters: int) -> list[torch.Tensor]:
+    """Upsampled flow after every iteration; coordinates detached between iterations, as published."""
+    corr_state, net, inp, coords0, coords1 = model.prepare(image1, image2)
+    predictions = []
+    for _ in range(iters):
+        net, coords1 = model.step(corr_state, net, inp, coords0, coords1.detach())
+        predictions.append(model.upsample(coords1 - coords0, net))
+    return predictions
+
+
+def scene_batch(seeds: list[int], height: int, width: int, max_displacement: float, device: torch.device):
+    """-> image1, image2 (B, 3, H, W) float 0..255 and flow (B, 2, H, W), on `device`."""
+    pairs = [generate_pair(s, height, width, max_displacement=max_displacement * width) for s in seeds]
+
+    def stack(arrays):
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().to(device)
+
+    return stack([p.image1 for p in pairs]), stack([p.image2 for p in pairs]), stack([p.flow for p in pairs])
+
+
+@torch.no_grad()
+def evaluate(model: RAFT, seeds, height: int, width: int, iters: int, device, max_displacement: float = 0.15) -> float:
+    """Mean end-point error (px) over the pairs of `seeds`, one at a time."""
+    was_training = model.training
+    model.eval()
+    errors = []
+    for seed in seeds:
+        image1, image2, flow = scene_batch([seed], height, width, max_displacement, device)
+        prediction = model(image1, image2, iters=iters).flow
+        errors.append(float((prediction - flow).norm(dim=1).mean()))
+    model.train(was_training)
+    return float(np.mean(errors))
+
+
+def _save_atomically(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | None = None) -> RAFT:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    checkpoint_path = run_dir / "checkpoint.pth"
+
+    torch.manual_seed(config.seed)
+    model = RAFT(RAFTConfig.from_variant(config.variant)).to(device).train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=config.epsilon
+    )
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        config.lr,
+        total_steps=config.steps + 100,
+        pct_start=0.05,
+        cycle_momentum=False,
+        anneal_strategy="linear",
+    )
+    step, elapsed = 0, 0.0
+    if checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if state["config"] != dataclasses.asdict(config):
+            raise ValueError(f"{checkpoint_path} was written with another configuration: {state['config']}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        step, elapsed = state["step"], state["elapsed"]
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with open(run_dir / "log.jsonl", "a") as log:
+        while step < config.steps:
+            start = time.perf_counter()
+            first = TRAINING_SEED_START + config.seed * SEEDS_PER_RUN + step * config.batch_size
+            image1, image2, flow = scene_batch(
+                list(range(first, first + config.batch_size)),
+                config.height,
+                config.width,
+                config.max_displacement,
+                device,
+            )
+            with autocast:
+                predictions = training_predictions(model, image1, image2, config.iters)
+            loss, metrics = sequence_loss([p.float() for p in predictions], flow, config.gamma, config.max_flow)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip))
+            optimizer.step()
+            schedule.step()
+            step += 1
+            elapsed += time.perf_counter() - start
+            record = {
+                "step": step,
+                **metrics,
+                "grad_norm": grad_norm,
+                "lr": schedule.get_last_lr()[0],
+                "elapsed_s": round(elapsed, 1),
+            }
+            if step % config.validate_every == 0 or step == config.steps:
+                record["val_epe"] = evaluate(
+                    model, range(config.validation_pairs), config.height, config.width, 12, device
+                )
+            if not math.isfinite(metrics["loss"]):
+                raise FloatingPointError(f"training diverged at step {step}: {record}")
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                _save_atomically(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                        "step": step,
+                        "elapsed": elapsed,
+                        "config": dataclasses.asdict(config),
+                    },
+                    checkpoint_path,
+                )
+    summary = {
+        "config": dataclasses.asdict(config),
+        "steps": step,
+        "training_seconds": round(elapsed, 1),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "training_seeds": f"{TRAINING_SEED_START + config.seed * SEEDS_PER_RUN} + k, k < {step * config.batch_size}",
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m raft_engine.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="folder for the checkpoint and the log; an existing run resumes")
+    parser.add_argument("--device", default=None)
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        parser.add_argument(flag, type=type(field.default), default=field.default)
+    args = parser.parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    train(TrainConfig(**values), args.run_dir, args.device)
+
+
+if __name__ == "__main__":
+    main()
