@@ -1,14 +1,24 @@
-"""Windowed lookup in the correlation pyramid: the motion encoder's correlation input.
+"""Windowed lookup in the dense correlation pyramid: the motion encoder's correlation input.
 
 For every cell of the 1/8 grid and every pyramid level l, bilinearly sample the cell's correlation
 map at level l on a (2r+1) x (2r+1) window of integer offsets around coords / 2^l, zero outside the
 map, and stack the windows of all levels along channels.
+
+Published: 4 grid_sample calls, reshapes and a concat per iteration. Here: one launch for all levels,
+writing the (B, L*(2r+1)^2, H, W) output in the published channel order.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from raft_engine.kernels._triton import PYRAMID_DTYPES, check_device, compute_dtype, interpreting, next_power_of_2
+
+MAX_LEVELS = 4
 
 
 def window_offsets(radius: int, device: torch.device | None = None) -> torch.Tensor:
@@ -25,25 +35,173 @@ def window_offsets(radius: int, device: torch.device | None = None) -> torch.Ten
     return torch.stack([dx, dy], dim=-1)
 
 
+def sample_windows(maps: torch.Tensor, centres: torch.Tensor, radius: int) -> torch.Tensor:
+    """Bilinear samples of `maps` on windows around `centres`, zero outside, as published.
+
+    maps: (N, C, H_l, W_l); centres: (N, M, 2) pixel coordinates (x, y) of the maps.
+    Returns (N, C, M, (2r+1)^2) in the published window order.
+    """
+    level_h, level_w = maps.shape[-2:]
+    points = centres[:, :, None, :] + window_offsets(radius, centres.device).view(1, 1, -1, 2)
+    x, y = points.unbind(dim=-1)
+    # Pixel coordinates -> grid_sample's [-1, 1] with align_corners=True: pixel centres at the
+    # ends, as published. Zero padding outside the map.
+    grid = torch.stack([2 * x / (level_w - 1) - 1, 2 * y / (level_h - 1) - 1], dim=-1)
+    return F.grid_sample(maps, grid.to(maps.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
 def corr_lookup_ref(corr_pyramid: list[torch.Tensor], coords: torch.Tensor, radius: int) -> torch.Tensor:
     """Reference lookup.
 
-    corr_pyramid: per level, (B*H*W, 1, H_l, W_l) correlation maps of each 1/8 cell of image 1
-        against image 2 at level l (average-pooled l times).
+    corr_pyramid: per level l, (B*H*W, 1, H >> l, W >> l): the correlation map of each 1/8 cell of
+        image 1 against image 2, average-pooled l times (float32, float16 or bfloat16).
     coords: (B, 2, H, W) float32, x first, in level-0 cells: where each cell's window is centred.
-    Returns (B, L*(2r+1)^2, H, W) float32: level-major, then the window in published order.
+    Returns (B, L*(2r+1)^2, H, W) float32 (float64 for float64 coords, the tests' judge): level-major,
+    then the window in published order.
     """
     batch, _, height, width = coords.shape
-    centres = coords.permute(0, 2, 3, 1).reshape(batch * height * width, 1, 1, 2).float()
-    offsets = window_offsets(radius, coords.device).unsqueeze(0)
+    dtype = compute_dtype(coords)
+    centres = coords.permute(0, 2, 3, 1).reshape(batch * height * width, 1, 2).to(dtype)
     windows = []
     for level, corr in enumerate(corr_pyramid):
-        level_h, level_w = corr.shape[-2:]
-        points = centres / 2**level + offsets
-        # Pixel coordinates -> grid_sample's [-1, 1] with align_corners=True: pixel centres at the
-        # ends, as published. Zero padding outside the map.
-        x, y = points.unbind(dim=-1)
-        grid = torch.stack([2 * x / (level_w - 1) - 1, 2 * y / (level_h - 1) - 1], dim=-1)
-        sampled = F.grid_sample(corr.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        sampled = sample_windows(corr.to(dtype), centres / 2**level, radius)  # (BHW, 1, 1, K)
         windows.append(sampled.view(batch, height, width, -1))
     return torch.cat(windows, dim=-1).permute(0, 3, 1, 2).contiguous()
+
+
+def _lookup_configs() -> list[triton.Config]:
+    if interpreting():  # few, large programs: the interpreter's cost is per program
+        return [triton.Config({"BLOCK_CELLS": 64})]
+    return [triton.Config({"BLOCK_CELLS": cells}, num_warps=warps) for cells in (4, 8, 16, 32) for warps in (2, 4, 8)]
+
+
+@triton.autotune(configs=_lookup_configs(), key=["NUM_LEVELS", "RADIUS"])
+@triton.jit
+def _corr_lookup_kernel(
+    level0,
+    level1,
+    level2,
+    level3,  # (B*H*W, H >> l, W >> l) contiguous; unused ones alias level0
+    coords,  # (B, 2, H, W) float32, any strides
+    out,  # (B, NUM_LEVELS * (2r+1)^2, H, W) float32, contiguous
+    height,
+    width,  # the 1/8 grid
+    num_cells,  # B * H * W
+    stride_cb,
+    stride_cc,
+    stride_ch,
+    stride_cw,
+    NUM_LEVELS: tl.constexpr,
+    RADIUS: tl.constexpr,
+    WINDOW_PAD: tl.constexpr,  # (2r+1)^2 rounded up to a power of two
+    BLOCK_CELLS: tl.constexpr,
+):
+    SIDE: tl.constexpr = 2 * RADIUS + 1
+    WINDOW: tl.constexpr = SIDE * SIDE
+    cells = tl.program_id(0).to(tl.int64) * BLOCK_CELLS + tl.arange(0, BLOCK_CELLS)
+    cell_ok = cells < num_cells
+    plane = height * width
+    b = cells // plane
+    hw = cells % plane
+    h = hw // width
+    w = hw % width
+    coord = coords + b * stride_cb + h * stride_ch + w * stride_cw
+    x = tl.load(coord, mask=cell_ok, other=0.0)
+    y = tl.load(coord + stride_cc, mask=cell_ok, other=0.0)
+
+    k = tl.arange(0, WINDOW_PAD)
+    k_ok = k < WINDOW
+    dx = (k // SIDE - RADIUS)[None, :]  # horizontal offset: the slow index (published order)
+    dy = (k % SIDE - RADIUS)[None, :]
+    ok = cell_ok[:, None] & k_ok[None, :]
+    out_cell = out + b[:, None] * (NUM_LEVELS * WINDOW * plane) + hw[:, None]
+
+    for level in tl.static_range(NUM_LEVELS):
+        if level == 0:
+            base = level0
+        elif level == 1:
+            base = level1
+        elif level == 2:
+            base = level2
+        else:
+            base = level3
+        level_h = height >> level
+        level_w = width >> level
+        # Beyond r + 1 cells outside the map every tap is zero; clamping keeps the int conversion safe.
+        cx = tl.minimum(tl.maximum(x * (0.5**level), -RADIUS - 2.0), level_w + RADIUS + 1.0)
+        cy = tl.minimum(tl.maximum(y * (0.5**level), -RADIUS - 2.0), level_h + RADIUS + 1.0)
+        x0f = tl.floor(cx)
+        y0f = tl.floor(cy)
+        fx = (cx - x0f)[:, None]
+        fy = (cy - y0f)[:, None]
+        px = x0f.to(tl.int32)[:, None] + dx
+        py = y0f.to(tl.int32)[:, None] + dy
+        in_x0 = (px >= 0) & (px < level_w)
+        in_x1 = (px >= -1) & (px < level_w - 1)
+        in_y0 = (py >= 0) & (py < level_h)
+        in_y1 = (py >= -1) & (py < level_h - 1)
+        corr = base + cells[:, None] * (level_h * level_w) + py * level_w + px
+        v00 = tl.load(corr, mask=ok & in_x0 & in_y0, other=0.0).to(tl.float32)
+        v10 = tl.load(corr + 1, mask=ok & in_x1 & in_y0, other=0.0).to(tl.float32)
+        v01 = tl.load(corr + level_w, mask=ok & in_x0 & in_y1, other=0.0).to(tl.float32)
+        v11 = tl.load(corr + level_w + 1, mask=ok & in_x1 & in_y1, other=0.0).to(tl.float32)
+        value = (1 - fx) * (1 - fy) * v00 + fx * (1 - fy) * v10 + (1 - fx) * fy * v01 + fx * fy * v11
+        tl.store(out_cell + (level * WINDOW + k[None, :]) * plane, value, mask=ok)
+
+
+def check_lookup_inputs(corr_pyramid: list[torch.Tensor], coords: torch.Tensor, radius: int) -> None:
+    name = "corr_lookup"
+    if not 1 <= len(corr_pyramid) <= MAX_LEVELS:
+        raise ValueError(f"{name}: the kernel takes 1 to {MAX_LEVELS} pyramid levels, got {len(corr_pyramid)}")
+    if coords.ndim != 4 or coords.shape[1] != 2:
+        raise ValueError(f"{name}: coords must be (B, 2, H, W), got {tuple(coords.shape)}")
+    if coords.dtype != torch.float32:
+        raise ValueError(f"{name}: coords must be float32, got {coords.dtype}")
+    if not isinstance(radius, int) or radius < 1:
+        raise ValueError(f"{name}: radius must be a positive integer, got {radius!r}")
+    batch, _, height, width = coords.shape
+    for level, corr in enumerate(corr_pyramid):
+        expected = (batch * height * width, 1, height >> level, width >> level)
+        if tuple(corr.shape) != expected:
+            raise ValueError(
+                f"{name}: pyramid level {level} has shape {tuple(corr.shape)}, expected {expected} for coords "
+                f"{tuple(coords.shape)}"
+            )
+        if corr.dtype not in PYRAMID_DTYPES or corr.dtype != corr_pyramid[0].dtype:
+            raise ValueError(
+                f"{name}: pyramid levels must share one dtype of {PYRAMID_DTYPES}, "
+                f"got {[c.dtype for c in corr_pyramid]}"
+            )
+        if not corr.is_contiguous():
+            raise ValueError(f"{name}: pyramid level {level} must be contiguous")
+        if min(corr.shape[-2:]) < 1:
+            raise ValueError(f"{name}: pyramid level {level} is empty: {tuple(corr.shape)}")
+    check_device(name, coords, *corr_pyramid)
+
+
+@triton_op("raft_engine::corr_lookup", mutates_args=())
+def corr_lookup(corr_pyramid: list[torch.Tensor], coords: torch.Tensor, radius: int) -> torch.Tensor:
+    """Triton lookup; same contract as `corr_lookup_ref`."""
+    check_lookup_inputs(corr_pyramid, coords, radius)
+    batch, _, height, width = coords.shape
+    levels = len(corr_pyramid)
+    out = torch.empty(batch, levels * (2 * radius + 1) ** 2, height, width, device=coords.device, dtype=torch.float32)
+    padded = list(corr_pyramid) + [corr_pyramid[0]] * (MAX_LEVELS - levels)
+    num_cells = batch * height * width
+
+    def grid(meta):
+        return (triton.cdiv(num_cells, meta["BLOCK_CELLS"]),)
+
+    wrap_triton(_corr_lookup_kernel)[grid](
+        *padded,
+        coords,
+        out,
+        height,
+        width,
+        num_cells,
+        *coords.stride(),
+        NUM_LEVELS=levels,
+        RADIUS=radius,
+        WINDOW_PAD=next_power_of_2((2 * radius + 1) ** 2),
+    )
+    return out

@@ -46,14 +46,25 @@ def normalize_images(image: torch.Tensor) -> torch.Tensor:
     return 2 * (image / 255.0) - 1.0
 
 
-def upsample_convex(flow_low: torch.Tensor, up_mask: torch.Tensor | None) -> torch.Tensor:
-    if up_mask is None:
-        raise ValueError("convex upsampling needs the mask of the update block; this model has no mask head")
-    return convex_upsample_ref(flow_low, up_mask)
+@dataclass(frozen=True)
+class ConvexUpsampler:
+    """RAFT-large: convex combination of the 3x3 neighbourhood, weights from the update block's mask.
+    upsample_fn: `convex_upsample_ref` or the Triton `convex_upsample`."""
+
+    upsample_fn: Callable = convex_upsample_ref
+
+    def __call__(self, flow_low: torch.Tensor, up_mask: torch.Tensor | None) -> torch.Tensor:
+        if up_mask is None:
+            raise ValueError("convex upsampling needs the mask of the update block; this model has no mask head")
+        return self.upsample_fn(flow_low, up_mask)
 
 
-def upsample_bilinear(flow_low: torch.Tensor, up_mask: torch.Tensor | None) -> torch.Tensor:
-    return bilinear_upsample_ref(flow_low)
+@dataclass(frozen=True)
+class BilinearUpsampler:
+    """RAFT-small: bilinear x8 (align_corners=True), flow values scaled by 8."""
+
+    def __call__(self, flow_low: torch.Tensor, up_mask: torch.Tensor | None) -> torch.Tensor:
+        return bilinear_upsample_ref(flow_low)
 
 
 Upsampler = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -68,7 +79,7 @@ class RAFT(nn.Module):
         self.cnet = Encoder(widths, block, config.context_norm, config.hidden_dim + config.context_dim)
         self.update_block = UpdateBlock(config)
         self.correlation = DenseCorrelation(config.corr_levels, config.corr_radius)
-        self.upsampler: Upsampler = upsample_convex if config.convex_upsampling else upsample_bilinear
+        self.upsampler: Upsampler = ConvexUpsampler() if config.convex_upsampling else BilinearUpsampler()
 
     def with_parts(self, *, correlation=None, upsampler: Upsampler | None = None) -> RAFT:
         """A model sharing these weights with other correlation/upsampling parts."""

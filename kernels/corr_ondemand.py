@@ -1,0 +1,239 @@
+"""On-demand correlation lookup: the dense lookup's numbers without the O((HW)^2) volume.
+
+Level l of the published pyramid averages the all-pairs volume over 2^l x 2^l blocks of image 2.
+The volume is linear in fmap2, so that average equals the correlation with fmap2 average-pooled
+2^l times: corr_l[p, q] = <fmap1[p], pool_l(fmap2)[q]> / sqrt(D). The lookup therefore computes,
+per cell and level, the dot products at the (2r+2)^2 integer positions around the window and
+interpolates them bilinearly: O(HW * D) memory instead of (HW)^2 * 4/3.
+
+The features are stored channels-last, (B, H, W, D), so that each position's vector is contiguous.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from raft_engine.kernels._triton import PYRAMID_DTYPES, check_device, compute_dtype, interpreting, next_power_of_2
+from raft_engine.kernels.corr_lookup import MAX_LEVELS, sample_windows
+
+# The reference samples fmap2 at every window position of a chunk of cells at once: bound that
+# (chunk x D x (2r+1)^2) intermediate.
+REFERENCE_CHUNK_BYTES = 1 << 28
+
+
+def pooled_pyramid(fmap2: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """fmap2 (B, D, H, W) -> per level (B, D, H >> l, W >> l), each the 2x2 average of the last
+    (odd sizes floor), like the volume pyramid's pooling."""
+    pyramid = [fmap2]
+    for _ in range(levels - 1):
+        pyramid.append(torch.nn.functional.avg_pool2d(pyramid[-1], kernel_size=2, stride=2))
+    return pyramid
+
+
+def corr_ondemand_ref(
+    fmap1: torch.Tensor, fmap2_pyramid: list[torch.Tensor], coords: torch.Tensor, radius: int
+) -> torch.Tensor:
+    """Reference on-demand lookup.
+
+    fmap1: (B, H, W, D) features of image 1, channels-last.
+    fmap2_pyramid: per level l, (B, H >> l, W >> l, D): fmap2 average-pooled l times, channels-last.
+    coords: (B, 2, H, W) float32, x first, in level-0 cells.
+    Returns (B, L*(2r+1)^2, H, W) float32 (float64 for float64 coords), equal to `corr_lookup_ref`
+    on the dense pyramid of the same features.
+    """
+    batch, height, width, dim = fmap1.shape
+    dtype = compute_dtype(coords)
+    cells = height * width
+    window = (2 * radius + 1) ** 2
+    centres = coords.permute(0, 2, 3, 1).reshape(batch, cells, 2).to(dtype)
+    features1 = fmap1.reshape(batch, cells, dim).to(dtype) / math.sqrt(dim)
+    chunk = max(1, REFERENCE_CHUNK_BYTES // (batch * dim * window * torch.finfo(dtype).bits // 8))
+    levels = []
+    for level, fmap2 in enumerate(fmap2_pyramid):
+        maps = fmap2.permute(0, 3, 1, 2).to(dtype)  # (B, D, H_l, W_l) for grid_sample
+        parts = []
+        for start in range(0, cells, chunk):
+            stop = min(start + chunk, cells)
+            sampled = sample_windows(maps, centres[:, start:stop] / 2**level, radius)  # (B, D, n, K)
+            parts.append(torch.einsum("bdnk,bnd->bnk", sampled, features1[:, start:stop]))
+        levels.append(torch.cat(parts, dim=1))
+    out = torch.cat(levels, dim=-1)  # (B, HW, L*K)
+    return out.view(batch, height, width, -1).permute(0, 3, 1, 2).contiguous()
+
+
+def _ondemand_configs() -> list[triton.Config]:
+    if interpreting():
+        return [triton.Config({"BLOCK_CELLS": 64, "BLOCK_DIM": 64})]
+    return [
+        triton.Config({"BLOCK_CELLS": cells, "BLOCK_DIM": block_dim}, num_warps=warps)
+        for cells in (1, 2, 4)
+        for block_dim in (16, 32, 64)
+        for warps in (4, 8)
+    ]
+
+
+@triton.autotune(configs=_ondemand_configs(), key=["NUM_LEVELS", "RADIUS", "dim"])
+@triton.jit
+def _corr_ondemand_kernel(
+    fmap1,  # (B, H, W, D) contiguous
+    level0,
+    level1,
+    level2,
+    level3,  # (B, H >> l, W >> l, D) contiguous; unused ones alias level0
+    coords,  # (B, 2, H, W) float32, any strides
+    out,  # (B, NUM_LEVELS * (2r+1)^2, H, W) float32, contiguous
+    height,
+    width,
+    dim,
+    num_cells,  # B * H * W
+    scale,  # 1 / sqrt(D)
+    stride_cb,
+    stride_cc,
+    stride_ch,
+    stride_cw,
+    NUM_LEVELS: tl.constexpr,
+    RADIUS: tl.constexpr,
+    PATCH_PAD: tl.constexpr,  # (2r+2)^2 rounded up to a power of two
+    WINDOW_PAD: tl.constexpr,  # (2r+1)^2 rounded up to a power of two
+    BLOCK_CELLS: tl.constexpr,
+    BLOCK_DIM: tl.constexpr,
+):
+    SIDE: tl.constexpr = 2 * RADIUS + 1
+    PATCH_SIDE: tl.constexpr = 2 * RADIUS + 2
+    WINDOW: tl.constexpr = SIDE * SIDE
+    cells = tl.program_id(0).to(tl.int64) * BLOCK_CELLS + tl.arange(0, BLOCK_CELLS)
+    cell_ok = cells < num_cells
+    plane = height * width
+    b = cells // plane
+    hw = cells % plane
+    h = hw // width
+    w = hw % width
+    coord = coords + b * stride_cb + h * stride_ch + w * stride_cw
+    x = tl.load(coord, mask=cell_ok, other=0.0)
+    y = tl.load(coord + stride_cc, mask=cell_ok, other=0.0)
+
+    # The patch: the (2r+2)^2 integer positions that the window's bilinear taps touch,
+    # column-major like the window (patch index = a * (2r+2) + c, a horizontal).
+    p = tl.arange(0, PATCH_PAD)
+    p_ok = p < PATCH_SIDE * PATCH_SIDE
+    patch_x = (p // PATCH_SIDE - RADIUS)[None, :]
+    patch_y = (p % PATCH_SIDE - RADIUS)[None, :]
+    # Window position k = i * (2r+1) + j (i horizontal, the published order) and its 4 taps.
+    k = tl.arange(0, WINDOW_PAD)
+    k_ok = k < WINDOW
+    tap00 = tl.where(k_ok, (k // SIDE) * PATCH_SIDE + k % SIDE, 0)
+    tap00 = tap00[None, :] + tl.zeros((BLOCK_CELLS, WINDOW_PAD), tl.int32)
+    d = tl.arange(0, BLOCK_DIM)
+    features1 = fmap1 + cells[:, None] * dim
+    out_cell = out + b[:, None] * (NUM_LEVELS * WINDOW * plane) + hw[:, None]
+
+    for level in tl.static_range(NUM_LEVELS):
+        if level == 0:
+            base = level0
+        elif level == 1:
+            base = level1
+        elif level == 2:
+            base = level2
+        else:
+            base = level3
+        level_h = height >> level
+        level_w = width >> level
+        cx = tl.minimum(tl.maximum(x * (0.5**level), -RADIUS - 2.0), level_w + RADIUS + 1.0)
+        cy = tl.minimum(tl.maximum(y * (0.5**level), -RADIUS - 2.0), level_h + RADIUS + 1.0)
+        x0f = tl.floor(cx)
+        y0f = tl.floor(cy)
+        px = x0f.to(tl.int32)[:, None] + patch_x
+        py = y0f.to(tl.int32)[:, None] + patch_y
+        inside = cell_ok[:, None] & p_ok[None, :] & (px >= 0) & (px < level_w) & (py >= 0) & (py < level_h)
+        rows = base + ((b[:, None] * level_h + py) * level_w + px) * dim  # (cells, patch) feature rows
+
+        dots = tl.zeros((BLOCK_CELLS, PATCH_PAD), tl.float32)
+        for start in range(0, dim, BLOCK_DIM):
+            dd = start + d
+            d_ok = dd < dim
+            f1 = tl.load(features1 + dd[None, :], mask=cell_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+            f2 = tl.load(
+                rows[:, :, None] + dd[None, None, :], mask=inside[:, :, None] & d_ok[None, None, :], other=0.0
+            ).to(tl.float32)
+            dots += tl.sum(f2 * f1[:, None, :], axis=2)
+        dots = dots * scale
+
+        fx = (cx - x0f)[:, None]
+        fy = (cy - y0f)[:, None]
+        v00 = tl.gather(dots, tap00, axis=1)
+        v10 = tl.gather(dots, tap00 + PATCH_SIDE, axis=1)
+        v01 = tl.gather(dots, tap00 + 1, axis=1)
+        v11 = tl.gather(dots, tap00 + PATCH_SIDE + 1, axis=1)
+        value = (1 - fx) * (1 - fy) * v00 + fx * (1 - fy) * v10 + (1 - fx) * fy * v01 + fx * fy * v11
+        tl.store(out_cell + (level * WINDOW + k[None, :]) * plane, value, mask=cell_ok[:, None] & k_ok[None, :])
+
+
+def check_ondemand_inputs(
+    fmap1: torch.Tensor, fmap2_pyramid: list[torch.Tensor], coords: torch.Tensor, radius: int
+) -> None:
+    name = "corr_ondemand"
+    if not 1 <= len(fmap2_pyramid) <= MAX_LEVELS:
+        raise ValueError(f"{name}: the kernel takes 1 to {MAX_LEVELS} pyramid levels, got {len(fmap2_pyramid)}")
+    if not isinstance(radius, int) or radius < 1:
+        raise ValueError(f"{name}: radius must be a positive integer, got {radius!r}")
+    if fmap1.ndim != 4:
+        raise ValueError(f"{name}: fmap1 must be (B, H, W, D) channels-last, got {tuple(fmap1.shape)}")
+    batch, height, width, dim = fmap1.shape
+    if tuple(coords.shape) != (batch, 2, height, width):
+        raise ValueError(
+            f"{name}: coords has shape {tuple(coords.shape)}, expected {(batch, 2, height, width)} "
+            f"for fmap1 {tuple(fmap1.shape)}"
+        )
+    if coords.dtype != torch.float32:
+        raise ValueError(f"{name}: coords must be float32, got {coords.dtype}")
+    tensors = [fmap1, *fmap2_pyramid]
+    if any(t.dtype != fmap1.dtype for t in tensors) or fmap1.dtype not in PYRAMID_DTYPES:
+        raise ValueError(f"{name}: features must share one dtype of {PYRAMID_DTYPES}, got {[t.dtype for t in tensors]}")
+    for level, fmap2 in enumerate(fmap2_pyramid):
+        expected = (batch, height >> level, width >> level, dim)
+        if tuple(fmap2.shape) != expected:
+            raise ValueError(f"{name}: fmap2 level {level} has shape {tuple(fmap2.shape)}, expected {expected}")
+        if min(expected[1:3]) < 1:
+            raise ValueError(f"{name}: fmap2 level {level} is empty: {expected}")
+    if not all(t.is_contiguous() for t in tensors):
+        raise ValueError(f"{name}: fmap1 and the fmap2 levels must be contiguous (channels-last)")
+    check_device(name, coords, *tensors)
+
+
+@triton_op("raft_engine::corr_ondemand", mutates_args=())
+def corr_ondemand(
+    fmap1: torch.Tensor, fmap2_pyramid: list[torch.Tensor], coords: torch.Tensor, radius: int
+) -> torch.Tensor:
+    """Triton on-demand lookup; same contract as `corr_ondemand_ref`."""
+    check_ondemand_inputs(fmap1, fmap2_pyramid, coords, radius)
+    batch, height, width, dim = fmap1.shape
+    levels = len(fmap2_pyramid)
+    out = torch.empty(batch, levels * (2 * radius + 1) ** 2, height, width, device=coords.device, dtype=torch.float32)
+    padded = list(fmap2_pyramid) + [fmap2_pyramid[0]] * (MAX_LEVELS - levels)
+    num_cells = batch * height * width
+
+    def grid(meta):
+        return (triton.cdiv(num_cells, meta["BLOCK_CELLS"]),)
+
+    wrap_triton(_corr_ondemand_kernel)[grid](
+        fmap1,
+        *padded,
+        coords,
+        out,
+        height,
+        width,
+        dim,
+        num_cells,
+        1.0 / math.sqrt(dim),
+        *coords.stride(),
+        NUM_LEVELS=levels,
+        RADIUS=radius,
+        PATCH_PAD=next_power_of_2((2 * radius + 2) ** 2),
+        WINDOW_PAD=next_power_of_2((2 * radius + 1) ** 2),
+    )
+    return out
