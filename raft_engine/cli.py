@@ -76,6 +76,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     flow.add_argument("--padding", default="sintel", choices=("sintel", "kitti"), help="how to pad to a multiple of 8")
     flow.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "torch", "triton"),
+        help="Triton kernels or the PyTorch reference (default: triton on CUDA, torch on the CPU)",
+    )
+    flow.add_argument(
+        "--corr",
+        default="auto",
+        choices=("auto", "volume", "ondemand"),
+        help="dense correlation volume, or on-demand correlation in O(HW) memory "
+        "(default: on-demand when the volume would exceed 2 GiB)",
+    )
+    flow.add_argument(
         "--warm-start", action="store_true", help="sequences: start each pair from the previous pair's 1/8 flow"
     )
     flow.add_argument(
@@ -133,7 +146,9 @@ def _run_flow(args: argparse.Namespace) -> None:
         ]
 
     model = load_model(args.weights, variant=args.variant)
-    engine = FlowEngine(model, device=args.device, dtype=args.dtype, padding=args.padding)
+    engine = FlowEngine(
+        model, device=args.device, dtype=args.dtype, padding=args.padding, backend=args.backend, corr=args.corr
+    )
     start = time.perf_counter()
     previous = read_image(frames[0])
     flow_low = None
@@ -156,8 +171,9 @@ def _run_flow(args: argparse.Namespace) -> None:
     height, width = np.asarray(previous).shape[:2]
     where = targets[0][0] if single_pair else targets[0][0].parent
     print(
-        f"wrote {len(targets)} flow field(s) of {height}x{width} to {where} "
-        f"({engine.model.config.variant}, {args.iters} iterations, {engine.device}, {elapsed:.2f} s)"
+        f"wrote {len(targets)} flow field(s) of {height}x{width} to {where} ({engine.model.config.variant}, "
+        f"{args.iters} iterations, {engine.device}, {engine.backend}, corr {engine.corr_mode_for(1, height, width)}, "
+        f"{elapsed:.2f} s)"
     )
 
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from raft_engine.correlation import dense_pyramid_bytes
 from raft_engine.inputs import Padder, check_pair, to_image_batch
 from raft_engine.model import RAFT
+
+log = logging.getLogger(__name__)
 
 DTYPES = {
     "fp32": torch.float32,
@@ -65,6 +69,56 @@ class FlowResult:
     flow_low: torch.Tensor
 
 
+BACKENDS = ("auto", "torch", "triton")
+CORR_MODES = ("auto", "volume", "ondemand")
+DEFAULT_CORR_BUDGET = 2 * 2**30  # bytes: 1080p (5.7 GB of dense pyramid) goes on-demand, 720p (1.1 GB) dense
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """ "auto": Triton kernels on CUDA, the PyTorch reference on the CPU."""
+    from raft_engine.kernels._triton import interpreting
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if backend == "triton" and device.type == "cpu" and not interpreting():
+        raise ValueError(
+            "backend='triton' on the CPU runs Triton's interpreter: set TRITON_INTERPRET=1 before triton is "
+            "imported, or use backend='torch'"
+        )
+    return backend
+
+
+def build_parts(model: RAFT, backend: str, corr_dtype: torch.dtype) -> dict[str, RAFT]:
+    """The model with the dense and with the on-demand correlation, both on `backend`."""
+    from raft_engine.correlation import DenseCorrelation, OnDemandCorrelation
+    from raft_engine.kernels import convex_upsample, corr_lookup, corr_ondemand
+    from raft_engine.model import ConvexUpsampler
+
+    config = model.config
+    triton = backend == "triton"
+    upsampler = model.upsampler
+    if config.convex_upsampling:
+        upsampler = ConvexUpsampler(convex_upsample.convex_upsample if triton else convex_upsample.convex_upsample_ref)
+    dense = DenseCorrelation(
+        config.corr_levels,
+        config.corr_radius,
+        corr_dtype,
+        corr_lookup.corr_lookup if triton else corr_lookup.corr_lookup_ref,
+    )
+    ondemand = OnDemandCorrelation(
+        config.corr_levels,
+        config.corr_radius,
+        corr_dtype,
+        corr_ondemand.corr_ondemand if triton else corr_ondemand.corr_ondemand_ref,
+    )
+    return {
+        "volume": model.with_parts(correlation=dense, upsampler=upsampler),
+        "ondemand": model.with_parts(correlation=ondemand, upsampler=upsampler),
+    }
+
+
 class FlowEngine:
     """Optical flow with a RAFT model.
 
@@ -74,24 +128,72 @@ class FlowEngine:
         update block in that dtype; the correlation and the coordinates stay float32, like the
         published mixed-precision mode.
     padding: "sintel" (replicate, split evenly) or "kitti" (all of the height at the bottom).
+    backend: "triton" (fused kernels), "torch" (the PyTorch reference), or "auto": Triton on CUDA,
+        torch on the CPU. Triton on the CPU needs TRITON_INTERPRET=1 (Triton's interpreter; slow).
+    corr: "volume" (the published all-pairs pyramid), "ondemand" (the same numbers, computed at
+        lookup time in O(HW) memory), or "auto": on-demand when the dense pyramid would exceed
+        `corr_budget` bytes, which is logged (logger "raft_engine.engine") and told by `corr_mode_for`.
+    corr_dtype: storage of the pyramid (dense) or of the features (on-demand): "fp32" (default),
+        "fp16" or "bf16"; lookups accumulate in float32 either way.
     """
 
-    def __init__(self, model: RAFT, device=None, dtype=None, padding: str = "sintel") -> None:
+    def __init__(
+        self,
+        model: RAFT,
+        device=None,
+        dtype=None,
+        padding: str = "sintel",
+        backend: str = "auto",
+        corr: str = "auto",
+        corr_dtype=None,
+        corr_budget: int = DEFAULT_CORR_BUDGET,
+    ) -> None:
         if not isinstance(model, RAFT):
             raise TypeError(f"model must be a raft_engine.RAFT (see load_model), got {type(model).__name__}")
         if padding not in ("sintel", "kitti"):
             raise ValueError(f"unknown padding {padding!r}; expected 'sintel' or 'kitti'")
+        if corr not in CORR_MODES:
+            raise ValueError(f"unknown corr {corr!r}; expected one of {CORR_MODES}")
+        if isinstance(corr_budget, bool) or not isinstance(corr_budget, (int, float)) or not corr_budget > 0:
+            raise ValueError(f"corr_budget must be a positive number of bytes, got {corr_budget!r}")
         self.device = parse_device(device)
         self.dtype = parse_dtype(dtype)
+        self.corr_dtype = parse_dtype(corr_dtype)
         self.padding = padding
+        self.backend = resolve_backend(backend, self.device)
+        self.corr = corr
+        self.corr_budget = corr_budget
         self.model = copy.deepcopy(model).eval().to(self.device).to_compute_dtype(self.dtype)
         self.config = model.config
+        self._models = build_parts(self.model, self.backend, self.corr_dtype)
+        self._reported: set[tuple[int, int, int]] = set()
 
     def __repr__(self) -> str:
         return (
             f"FlowEngine(RAFT-{self.config.variant}, device={str(self.device)!r}, "
-            f"dtype={str(self.dtype).removeprefix('torch.')!r}, padding={self.padding!r})"
+            f"dtype={str(self.dtype).removeprefix('torch.')!r}, padding={self.padding!r}, "
+            f"backend={self.backend!r}, corr={self.corr!r})"
         )
+
+    def corr_mode_for(self, batch: int, height: int, width: int) -> str:
+        """ "volume" or "ondemand": what this engine uses for `batch` pairs of height x width images."""
+        if self.corr != "auto":
+            return self.corr
+        padded_h, padded_w = Padder(height, width, self.padding).padded_size
+        needed = dense_pyramid_bytes(batch, padded_h // 8, padded_w // 8, self.config.corr_levels, self.corr_dtype)
+        mode = "ondemand" if needed > self.corr_budget else "volume"
+        if (batch, height, width) not in self._reported:
+            self._reported.add((batch, height, width))
+            log.info(
+                "corr='auto' chose %r for %d pair(s) of %dx%d: the dense pyramid would take %.2f GB, budget %.2f GB",
+                mode,
+                batch,
+                height,
+                width,
+                needed / 1e9,
+                self.corr_budget / 1e9,
+            )
+        return mode
 
     def prepare(self, image1, image2) -> tuple[torch.Tensor, torch.Tensor, Padder]:
         """Convert, validate and pad a pair -> (B, 3, H', W') float32 on the device, and the padder."""
@@ -137,7 +239,9 @@ class FlowEngine:
         if flow_init is not None:
             grid = (padded1.shape[-2] // 8, padded1.shape[-1] // 8)
             flow_init = self.check_flow_init(flow_init, padded1.shape[0], grid)
-        output = self.model(padded1, padded2, iters=iters, flow_init=flow_init)
+        mode = self.corr_mode_for(padded1.shape[0], padder.height, padder.width)
+        model = self._models[mode]
+        output = model(padded1, padded2, iters=iters, flow_init=flow_init)
         return FlowResult(flow=padder.unpad(output.flow), flow_low=output.flow_low)
 
     def __call__(self, image1, image2, iters: int = 12) -> torch.Tensor:

@@ -1,14 +1,21 @@
 from __future__ import annotations
 
+import os
 import warnings
 
-import numpy as np
-import pytest
 import torch
-from synthetic import DATA, synthetic_state_dict
 
-from raft_engine import RAFT, RAFTConfig
-from raft_engine.weights import load_model
+# Without a GPU the Triton kernels run through Triton's interpreter, which must be chosen before
+# triton is imported (raft_engine imports it).
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from synthetic import DATA, synthetic_state_dict  # noqa: E402
+
+from raft_engine import RAFT, RAFTConfig  # noqa: E402
+from raft_engine.weights import load_model  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,15 @@ from conftest import rel_error, to_tensor
 from synthetic import synthetic_state_dict
 
 from raft_engine import RAFT, FlowEngine, RAFTConfig, load_model
+from raft_engine.kernels._triton import interpreting
 
 TOLERANCE = 1e-4
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+    ),
+]
 
 
 def _load(name: str, prefix: str = "") -> RAFT:
@@ -34,9 +41,15 @@ def test_published_flow_and_flow_low(reference, variant, prefix):
     assert rel_error(out.flow_low[0], reference[f"official_{variant}_flow_low"]) < TOLERANCE
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", ["small", "large"])
-def test_published_odd_size_through_engine(reference, variant):
-    engine = FlowEngine(_load(f"official_{variant}"), device="cpu", padding="sintel")
+@pytest.mark.parametrize(
+    "backend, corr", [("torch", "volume"), ("torch", "ondemand"), ("triton", "volume"), ("triton", "ondemand")]
+)
+def test_published_odd_size_through_engine(reference, variant, backend, corr, device):
+    if device == "cpu" and backend == "triton" and not interpreting():
+        pytest.skip("Triton on the CPU needs the interpreter")
+    engine = FlowEngine(_load(f"official_{variant}"), device=device, padding="sintel", backend=backend, corr=corr)
     result = engine.estimate(reference["odd_image1"], reference["odd_image2"], iters=6)
     assert result.flow.shape == (1, 2, 123, 157)
     assert result.flow_low.shape == (1, 2, 16, 20)
