@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from raft_engine.compiled import CompiledForward
 from raft_engine.correlation import dense_pyramid_bytes
 from raft_engine.inputs import Padder, check_pair, to_image_batch
 from raft_engine.model import RAFT
@@ -135,6 +137,12 @@ class FlowEngine:
         `corr_budget` bytes, which is logged (logger "raft_engine.engine") and told by `corr_mode_for`.
     corr_dtype: storage of the pyramid (dense) or of the features (on-demand): "fp32" (default),
         "fp16" or "bf16"; lookups accumulate in float32 either way.
+    compile: the whole forward under torch.compile(fullgraph=True), one graph per input shape
+        (see `raft_engine.compiled`); `warmup` builds one ahead of time.
+    cuda_graphs: replay the compiled forward as CUDA graphs (mode "reduce-overhead"); default: on
+        when compiling on CUDA. Results are copied out, never overwritten by the next call.
+    max_compiled_shapes: how many shapes get a compiled graph; further ones run eagerly, with a warning.
+    channels_last: run the convolutions on channels-last tensors.
     """
 
     def __init__(
@@ -147,6 +155,10 @@ class FlowEngine:
         corr: str = "auto",
         corr_dtype=None,
         corr_budget: int = DEFAULT_CORR_BUDGET,
+        compile: bool = False,
+        cuda_graphs: bool | None = None,
+        max_compiled_shapes: int = 8,
+        channels_last: bool = False,
     ) -> None:
         if not isinstance(model, RAFT):
             raise TypeError(f"model must be a raft_engine.RAFT (see load_model), got {type(model).__name__}")
@@ -163,10 +175,20 @@ class FlowEngine:
         self.backend = resolve_backend(backend, self.device)
         self.corr = corr
         self.corr_budget = corr_budget
+        if cuda_graphs is None:
+            cuda_graphs = compile and self.device.type == "cuda"
+        if cuda_graphs and not compile:
+            raise ValueError("cuda_graphs=True needs compile=True: the graphs are recorded from the compiled forward")
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs a CUDA device, got {self.device}")
         self.model = copy.deepcopy(model).eval().to(self.device).to_compute_dtype(self.dtype)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.config = model.config
         self._models = build_parts(self.model, self.backend, self.corr_dtype)
         self._reported: set[tuple[int, int, int]] = set()
+        self.compiled = CompiledForward(self._models, cuda_graphs, max_compiled_shapes) if compile else None
 
     def __repr__(self) -> str:
         return (
@@ -185,13 +207,13 @@ class FlowEngine:
         if (batch, height, width) not in self._reported:
             self._reported.add((batch, height, width))
             log.info(
-                "corr='auto' chose %r for %d pair(s) of %dx%d: the dense pyramid would take %.2f GB, budget %.2f GB",
+                "corr='auto' chose %r for %d pair(s) of %dx%d: the dense pyramid would take %.2f GiB, budget %.2f GiB",
                 mode,
                 batch,
                 height,
                 width,
-                needed / 1e9,
-                self.corr_budget / 1e9,
+                needed / 2**30,
+                self.corr_budget / 2**30,
             )
         return mode
 
@@ -211,7 +233,11 @@ class FlowEngine:
                 f"{self.config.min_feature_size // 2 ** (self.config.corr_levels - 1)} cells at the coarsest "
                 f"of its {self.config.corr_levels} correlation levels"
             )
-        return padder.pad(batch1), padder.pad(batch2), padder
+        # One memory layout whatever the input's: compiled graphs are specialised to strides.
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        padded1 = padder.pad(batch1).contiguous(memory_format=layout)
+        padded2 = padder.pad(batch2).contiguous(memory_format=layout)
+        return padded1, padded2, padder
 
     def check_flow_init(self, flow_init, batch: int, grid: tuple[int, int]) -> torch.Tensor:
         if isinstance(flow_init, np.ndarray):
@@ -240,9 +266,29 @@ class FlowEngine:
             grid = (padded1.shape[-2] // 8, padded1.shape[-1] // 8)
             flow_init = self.check_flow_init(flow_init, padded1.shape[0], grid)
         mode = self.corr_mode_for(padded1.shape[0], padder.height, padder.width)
-        model = self._models[mode]
-        output = model(padded1, padded2, iters=iters, flow_init=flow_init)
+        if self.compiled is not None:
+            output = self.compiled(mode, padded1, padded2, iters, flow_init)
+        else:
+            output = self._models[mode](padded1, padded2, iters=iters, flow_init=flow_init)
         return FlowResult(flow=padder.unpad(output.flow), flow_low=output.flow_low)
+
+    def warmup(self, batch: int, height: int, width: int, iters: int = 12, warm_start: bool = False) -> float:
+        """Run `batch` pairs of height x width once (three times with CUDA graphs: warm-up, record,
+        replay) so that the compiled graph of that shape exists before serving -> seconds taken."""
+        iters = check_iters(iters)
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (2, batch, 3, height, width), generator=generator, dtype=torch.uint8)
+        flow_init = None
+        if warm_start:
+            padded_h, padded_w = Padder(height, width, self.padding).padded_size
+            flow_init = torch.zeros(batch, 2, padded_h // 8, padded_w // 8)
+        repeats = 3 if self.compiled is not None and self.compiled.cuda_graphs else 1
+        for _ in range(repeats):
+            self.estimate(images[0], images[1], iters=iters, flow_init=flow_init)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
 
     def __call__(self, image1, image2, iters: int = 12) -> torch.Tensor:
         """The flow (B, 2, H, W) float32 of `estimate`."""
