@@ -39,6 +39,14 @@ def collect_frames(inputs: list[str]) -> tuple[list[Path], bool]:
     return paths, len(paths) == 2
 
 
+def _pixel(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X,Y (e.g. 120,48), got {text!r}") from None
+    return x, y
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from raft_engine import __version__
 
@@ -104,6 +112,30 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="expected RAFT variant (default: inferred from the checkpoint)",
     )
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="pictures of RAFT's internals for a pair: response maps, correspondences, windows, features",
+        description="Trace one pair and write PNG/GIF pictures and an index.html into the output folder.",
+    )
+    inspect.add_argument("image1", metavar="IMG1")
+    inspect.add_argument("image2", metavar="IMG2")
+    inspect.add_argument("--weights", required=True, metavar="W", help="checkpoint file or preset name")
+    inspect.add_argument(
+        "--pixel",
+        action="append",
+        type=_pixel,
+        required=True,
+        metavar="X,Y",
+        help="a test pixel in image 1 (repeat for more)",
+    )
+    inspect.add_argument("--iters", type=int, default=12, metavar="N", help="refinement iterations (default 12)")
+    inspect.add_argument("-o", "--output", default="inspect", metavar="DIR", help="output folder (default inspect/)")
+    inspect.add_argument("--device", default=None, metavar="D")
+    inspect.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    inspect.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"))
+    inspect.add_argument("--corr", default="auto", choices=("auto", "volume", "ondemand"))
+    inspect.add_argument("--padding", default="sintel", choices=("sintel", "kitti"))
 
     presets = commands.add_parser("presets", help="list the named weights and whether they are cached")
     presets.set_defaults(command="presets")
@@ -177,6 +209,28 @@ def _run_flow(args: argparse.Namespace) -> None:
     )
 
 
+def _run_inspect(args: argparse.Namespace) -> None:
+    from raft_engine.engine import FlowEngine
+    from raft_engine.io import read_image
+    from raft_engine.report import write_report
+    from raft_engine.weights import load_model
+
+    if args.iters < 1:
+        raise UserError(f"--iters must be >= 1, got {args.iters}")
+    image1, image2 = read_image(args.image1), read_image(args.image2)
+    engine = FlowEngine(
+        load_model(args.weights),
+        device=args.device,
+        dtype=args.dtype,
+        padding=args.padding,
+        backend=args.backend,
+        corr=args.corr,
+    )
+    trace = engine.trace(image1, image2, iters=args.iters, pixels=args.pixel)
+    files = write_report(trace, image1, args.output)
+    print(f"wrote {len(files)} files to {args.output}; open {files[-1]}")
+
+
 def _run_presets() -> None:
     from raft_engine.weights import PRESETS, cache_dir
 
@@ -201,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "flow":
             _run_flow(args)
+        elif args.command == "inspect":
+            _run_inspect(args)
         elif args.command == "presets":
             _run_presets()
     except (UserError, ValueError, TypeError, OSError) as error:

@@ -82,6 +82,12 @@ class DenseCorrelation:
         """coords: (B, 2, H, W) float32, x first -> (B, levels*(2r+1)^2, H, W) float32."""
         return self.lookup_fn(corr_pyramid, coords, self.radius)
 
+    def responses(self, corr_pyramid: list[torch.Tensor], batch: int, y: int, x: int) -> list[torch.Tensor]:
+        """Cell (x, y) of image `batch`'s correlation with all of image 2, per level: (H >> l, W >> l)."""
+        _, _, height, width = corr_pyramid[0].shape
+        cell = (batch * height + y) * width + x
+        return [level[cell, 0].float() for level in corr_pyramid]
+
 
 @dataclass(frozen=True)
 class OnDemandCorrelation:
@@ -106,3 +112,11 @@ class OnDemandCorrelation:
     def lookup(self, state: tuple[torch.Tensor, list[torch.Tensor]], coords: torch.Tensor) -> torch.Tensor:
         fmap1, fmap2_pyramid = state
         return self.lookup_fn(fmap1, fmap2_pyramid, coords, self.radius)
+
+    def responses(
+        self, state: tuple[torch.Tensor, list[torch.Tensor]], batch: int, y: int, x: int
+    ) -> list[torch.Tensor]:
+        """Cell (x, y) of image `batch`'s correlation with all of image 2, per level: (H >> l, W >> l)."""
+        fmap1, fmap2_pyramid = state
+        feature = fmap1[batch, y, x].float() / math.sqrt(fmap1.shape[-1])
+        return [torch.einsum("hwd,d->hw", level[batch].float(), feature) for level in fmap2_pyramid]

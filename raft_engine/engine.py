@@ -272,6 +272,14 @@ class FlowEngine:
             output = self._models[mode](padded1, padded2, iters=iters, flow_init=flow_init)
         return FlowResult(flow=padder.unpad(output.flow), flow_low=output.flow_low)
 
+    def trace(self, image1, image2, iters: int = 12, pixels=(), flow_init=None):
+        """Run one pair and keep RAFT's internals: feature maps, and for each test pixel (x, y) its
+        correlation response maps, correspondences per iteration and lookup windows. See
+        `raft_engine.inspection.FlowTrace`; `raft_engine.report.write_report` draws it."""
+        from raft_engine.inspection import trace
+
+        return trace(self, image1, image2, iters=iters, pixels=pixels, flow_init=flow_init)
+
     def warmup(self, batch: int, height: int, width: int, iters: int = 12, warm_start: bool = False) -> float:
         """Run `batch` pairs of height x width once (three times with CUDA graphs: warm-up, record,
         replay) so that the compiled graph of that shape exists before serving -> seconds taken."""

@@ -106,6 +106,16 @@ class RAFT(nn.Module):
         hidden, context = self.cnet(image1).split([self.config.hidden_dim, self.config.context_dim], dim=1)
         return torch.tanh(hidden), torch.relu(context)
 
+    def encode(
+        self, image1: torch.Tensor, image2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images in 0..255 -> (fmap1, fmap2, net, inp): float32 features, initial hidden state, context."""
+        image1 = normalize_images(image1)
+        image2 = normalize_images(image2)
+        fmap1, fmap2 = self.features(image1, image2)
+        net, inp = self.context(image1)
+        return fmap1, fmap2, net, inp
+
     def prepare(
         self, image1: torch.Tensor, image2: torch.Tensor, flow_init: torch.Tensor | None = None
     ) -> tuple[object, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -114,11 +124,8 @@ class RAFT(nn.Module):
         image1, image2: (B, 3, H, W) float in 0..255, H and W multiples of 8.
         flow_init: optional (B, 2, H/8, W/8) float32 initial flow on the 1/8 grid.
         """
-        image1 = normalize_images(image1)
-        image2 = normalize_images(image2)
-        fmap1, fmap2 = self.features(image1, image2)
+        fmap1, fmap2, net, inp = self.encode(image1, image2)
         corr_state = self.correlation.build(fmap1, fmap2)
-        net, inp = self.context(image1)
         batch, _, height, width = fmap1.shape
         coords0 = coords_grid(batch, height, width, fmap1.device)
         coords1 = coords0 if flow_init is None else coords0 + flow_init.float()

@@ -139,10 +139,12 @@ class UpdateBlock(nn.Module):
         self, net: torch.Tensor, inp: torch.Tensor, corr: torch.Tensor, flow: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the new hidden state (self.dtype) and delta_flow (B, 2, H, W) float32."""
-        motion = self.motion_features(corr, flow)
+        return self.refine(net, inp, self.motion_features(corr, flow))
+
+    def refine(self, net: torch.Tensor, inp: torch.Tensor, motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The GRU and the flow head, given the motion features -> (net, delta_flow float32)."""
         net = self.gru(net, torch.cat([inp, motion], dim=1))
-        delta_flow = self.flow_head(net).float()
-        return net, delta_flow
+        return net, self.flow_head(net).float()
 
     def up_mask(self, net: torch.Tensor) -> torch.Tensor | None:
         """Convex-upsampling logits (B, 9*8*8, H, W) float32, or None for bilinear upsampling."""

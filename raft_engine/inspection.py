@@ -1,0 +1,143 @@
+"""Looking inside RAFT: feature maps, correlation response maps, correspondences per iteration and
+the correlation windows the update block reads.
+
+`trace(engine, image1, image2, iters, pixels)` runs the engine's own model parts (so every backend
+and correlation mode) in a loop of its own that keeps what it is asked for; the normal forward has
+no hooks and pays nothing for this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from raft_engine.model import coords_grid
+
+
+@dataclass(frozen=True)
+class PixelTrace:
+    """What the model did at one test pixel.
+
+    pixel: (x, y) in input-image pixels, as given. cell: (x, y) of the 1/8 cell of the padded grid
+        that contains it.
+    response[level]: (H/8 >> level, W/8 >> level), the cell's row of correlation-pyramid level `level`:
+        its correlation with every (pooled) position of image 2.
+    correspondence: (iters + 1, 2) float32 (x, y) in 1/8-grid cells; entry k is where update k looked
+        (entry 0: the start), the last entry the final estimate.
+    window[k][level]: (2r+1, 2r+1) float32, the correlation window fed to update k at `level`, in image
+        orientation: row = vertical offset -r..r, column = horizontal offset -r..r.
+    """
+
+    pixel: tuple[float, float]
+    cell: tuple[int, int]
+    response: list[np.ndarray]
+    correspondence: np.ndarray
+    window: list[list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class FlowTrace:
+    """Whole-image tensors (float32, CPU, batch of one) and the per-pixel traces.
+
+    fmap1, fmap2: (1, D, H', W') features; context: (1, C, H', W') context features (after ReLU);
+    hidden: (1, Ch, H', W') initial hidden state (after tanh). Per iteration k: motion_features[k]
+    (1, M, H', W'), delta_flow[k] (1, 2, H', W') and flow_low[k] (1, 2, H', W') after update k.
+    flow: (1, 2, H, W) the final flow at the input resolution, as `estimate` returns it.
+    H', W' is the padded 1/8 grid; `pads` is the padding (left, right, top, bottom) in pixels.
+    """
+
+    fmap1: torch.Tensor
+    fmap2: torch.Tensor
+    context: torch.Tensor
+    hidden: torch.Tensor
+    motion_features: list[torch.Tensor]
+    delta_flow: list[torch.Tensor]
+    flow_low: list[torch.Tensor]
+    flow: torch.Tensor
+    pixels: list[PixelTrace]
+    pads: tuple[int, int, int, int]
+    radius: int
+    image_size: tuple[int, int]
+
+
+def _cells(
+    pixels, height: int, width: int, pads: tuple[int, int, int, int]
+) -> list[tuple[tuple[float, float], tuple[int, int]]]:
+    left, _, top, _ = pads
+    cells = []
+    for pixel in pixels:
+        try:
+            x, y = (float(v) for v in pixel)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"a test pixel must be an (x, y) pair of numbers, got {pixel!r}") from error
+        if not (0 <= x < width and 0 <= y < height):
+            raise ValueError(f"test pixel (x={x:g}, y={y:g}) is outside the {width}x{height} (WxH) image")
+        cells.append(((x, y), (int((x + left) // 8), int((y + top) // 8))))
+    return cells
+
+
+def _window(corr: torch.Tensor, level: int, radius: int, y: int, x: int) -> np.ndarray:
+    side = 2 * radius + 1
+    values = corr[0, level * side * side : (level + 1) * side * side, y, x]
+    # Channels run over the horizontal offset first (published order): transpose to image orientation.
+    return values.view(side, side).t().float().cpu().numpy()
+
+
+@torch.inference_mode()
+def trace(engine, image1, image2, iters: int = 12, pixels=(), flow_init=None) -> FlowTrace:
+    """Run `engine` on one pair and keep its internals; see `FlowTrace` and `PixelTrace`."""
+    from raft_engine.engine import check_iters
+
+    iters = check_iters(iters)
+    padded1, padded2, padder = engine.prepare(image1, image2)
+    if padded1.shape[0] != 1:
+        raise ValueError(f"trace takes one pair of images, got a batch of {padded1.shape[0]}")
+    grid = (padded1.shape[-2] // 8, padded1.shape[-1] // 8)
+    if flow_init is not None:
+        flow_init = engine.check_flow_init(flow_init, 1, grid)
+    cells = _cells(list(pixels), padder.height, padder.width, padder.pads)
+    model = engine._models[engine.corr_mode_for(1, padder.height, padder.width)]
+    radius = model.config.corr_radius
+
+    fmap1, fmap2, net, inp = model.encode(padded1, padded2)
+    corr_state = model.correlation.build(fmap1, fmap2)
+    coords0 = coords_grid(1, *grid, fmap1.device)
+    coords1 = coords0 if flow_init is None else coords0 + flow_init
+    hidden = net
+    positions = [[] for _ in cells]
+    windows = [[] for _ in cells]
+    motion_features, delta_flow, flow_low = [], [], []
+    for _ in range(iters):
+        corr = model.correlation.lookup(corr_state, coords1)
+        motion = model.update_block.motion_features(corr, coords1 - coords0)
+        net, delta = model.update_block.refine(net, inp, motion)
+        for i, (_, (x, y)) in enumerate(cells):
+            positions[i].append(coords1[0, :, y, x].tolist())
+            windows[i].append([_window(corr, level, radius, y, x) for level in range(model.config.corr_levels)])
+        coords1 = coords1 + delta
+        motion_features.append(motion.float().cpu())
+        delta_flow.append(delta.cpu())
+        flow_low.append((coords1 - coords0).cpu())
+    flow = padder.unpad(model.upsample(coords1 - coords0, net))
+
+    traces = []
+    for i, (pixel, (x, y)) in enumerate(cells):
+        positions[i].append(coords1[0, :, y, x].tolist())
+        responses = [r.cpu().numpy() for r in model.correlation.responses(corr_state, 0, y, x)]
+        traces.append(PixelTrace(pixel, (x, y), responses, np.array(positions[i], np.float32), windows[i]))
+    return FlowTrace(
+        fmap1=fmap1.cpu(),
+        fmap2=fmap2.cpu(),
+        context=inp.float().cpu(),
+        hidden=hidden.float().cpu(),
+        motion_features=motion_features,
+        delta_flow=delta_flow,
+        flow_low=flow_low,
+        flow=flow.cpu(),
+        pixels=traces,
+        pads=padder.pads,
+        radius=radius,
+        image_size=(padder.height, padder.width),
+    )
