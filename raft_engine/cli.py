@@ -62,11 +62,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "first frame of each pair).",
     )
     flow.add_argument("frames", nargs="+", metavar="FRAME", help="two images, a list of images, or one folder")
-    flow.add_argument(
+    source = flow.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--weights",
-        required=True,
         metavar="W",
         help="checkpoint file (.pth/.pt/.safetensors, published or torchvision layout) or preset name",
+    )
+    source.add_argument("--onnx", metavar="FILE", help="run an exported graph with ONNX Runtime instead")
+    flow.add_argument(
+        "--providers",
+        default="auto",
+        choices=("auto", "cuda", "tensorrt", "cpu"),
+        help="with --onnx: ONNX Runtime execution provider (default: cuda if available)",
     )
     flow.add_argument(
         "-o",
@@ -77,7 +84,9 @@ def _build_parser() -> argparse.ArgumentParser:
     flow.add_argument(
         "--flo", metavar="PATH", help="also write Middlebury .flo: a file for a pair, a folder for a sequence"
     )
-    flow.add_argument("--iters", type=int, default=12, metavar="N", help="refinement iterations (default 12)")
+    flow.add_argument(
+        "--iters", type=int, default=None, metavar="N", help="refinement iterations (default 12; --onnx: the graph's)"
+    )
     flow.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     flow.add_argument(
         "--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="compute precision (default fp32)"
@@ -137,6 +146,22 @@ def _build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--corr", default="auto", choices=("auto", "volume", "ondemand"))
     inspect.add_argument("--padding", default="sintel", choices=("sintel", "kitti"))
 
+    export = commands.add_parser(
+        "export",
+        help="export a model to ONNX with a fixed iteration count and input size, verified with ONNX Runtime",
+    )
+    export.add_argument("--weights", required=True, metavar="W", help="checkpoint file or preset name")
+    export.add_argument("--iters", type=int, default=12, metavar="N", help="unrolled iterations (default 12)")
+    export.add_argument("--height", type=int, required=True, metavar="H", help="input height, a multiple of 8")
+    export.add_argument("--width", type=int, required=True, metavar="W", help="input width, a multiple of 8")
+    export.add_argument("-o", "--output", default="raft.onnx", metavar="FILE", help="default raft.onnx")
+    export.add_argument("--batch", type=int, default=1, metavar="B", help="batch size of the graph (default 1)")
+    export.add_argument("--dynamic-batch", action="store_true", help="any batch size at run time")
+    export.add_argument("--fp16", action="store_true", help="encoders and update block in float16")
+    export.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default 18)")
+    export.add_argument("--flow-low", action="store_true", help="also output the 1/8-resolution flow")
+    export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check against PyTorch")
+
     presets = commands.add_parser("presets", help="list the named weights and whether they are cached")
     presets.set_defaults(command="presets")
     return parser
@@ -152,7 +177,7 @@ def _run_flow(args: argparse.Namespace) -> None:
     from raft_engine.weights import load_model
 
     frames, single_pair = collect_frames(args.frames)
-    if args.iters < 1:
+    if args.iters is not None and args.iters < 1:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
     if args.warm_start and single_pair:
         raise UserError("--warm-start needs a sequence of more than two frames")
@@ -177,10 +202,37 @@ def _run_flow(args: argparse.Namespace) -> None:
             for frame in frames[:-1]
         ]
 
-    model = load_model(args.weights, variant=args.variant)
-    engine = FlowEngine(
-        model, device=args.device, dtype=args.dtype, padding=args.padding, backend=args.backend, corr=args.corr
-    )
+    if args.onnx:
+        from raft_engine.export import OrtFlowSession
+
+        if args.warm_start:
+            raise UserError("--warm-start is not available with --onnx: the exported graph has no flow_init input")
+        session = OrtFlowSession(args.onnx, providers=args.providers, padding=args.padding)
+        exported_iters = int(session.metadata["raft_engine.iterations"])
+        if args.iters is not None and args.iters != exported_iters:
+            raise UserError(f"{args.onnx} was exported with {exported_iters} iterations, not --iters {args.iters}")
+        args.iters = exported_iters
+
+        def estimate(image1, image2, flow_init):
+            return session.estimate(image1, image2)
+
+        variant = session.metadata["raft_engine.variant"]
+        describe = f"ONNX Runtime {session.providers[0]}"
+    else:
+        args.iters = args.iters or 12
+        model = load_model(args.weights, variant=args.variant)
+        engine = FlowEngine(
+            model, device=args.device, dtype=args.dtype, padding=args.padding, backend=args.backend, corr=args.corr
+        )
+
+        def estimate(image1, image2, flow_init):
+            return engine.estimate(image1, image2, iters=args.iters, flow_init=flow_init)
+
+        variant = model.config.variant
+
+        def describe_engine(height, width):
+            return f"{engine.device}, {engine.backend}, corr {engine.corr_mode_for(1, height, width)}"
+
     start = time.perf_counter()
     previous = read_image(frames[0])
     flow_low = None
@@ -193,7 +245,7 @@ def _run_flow(args: argparse.Namespace) -> None:
     )
     for frame, (image_out, flo_out) in pairs:
         current = read_image(frame)
-        result = engine.estimate(previous, current, iters=args.iters, flow_init=flow_low if args.warm_start else None)
+        result = estimate(previous, current, flow_low if args.warm_start else None)
         flow = result.flow[0]
         write_image(image_out, flow_to_color(flow, args.max_magnitude))
         if flo_out is not None:
@@ -202,10 +254,11 @@ def _run_flow(args: argparse.Namespace) -> None:
     elapsed = time.perf_counter() - start
     height, width = np.asarray(previous).shape[:2]
     where = targets[0][0] if single_pair else targets[0][0].parent
+    if not args.onnx:
+        describe = describe_engine(height, width)
     print(
-        f"wrote {len(targets)} flow field(s) of {height}x{width} to {where} ({engine.model.config.variant}, "
-        f"{args.iters} iterations, {engine.device}, {engine.backend}, corr {engine.corr_mode_for(1, height, width)}, "
-        f"{elapsed:.2f} s)"
+        f"wrote {len(targets)} flow field(s) of {height}x{width} to {where} (RAFT-{variant}, {args.iters} iterations, "
+        f"{describe}, {elapsed:.2f} s)"
     )
 
 
@@ -229,6 +282,30 @@ def _run_inspect(args: argparse.Namespace) -> None:
     trace = engine.trace(image1, image2, iters=args.iters, pixels=args.pixel)
     files = write_report(trace, image1, args.output)
     print(f"wrote {len(files)} files to {args.output}; open {files[-1]}")
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from raft_engine.export import ExportError, export_onnx
+    from raft_engine.export.onnx_export import DEFAULT_OPSET
+    from raft_engine.weights import load_model
+
+    try:
+        report = export_onnx(
+            load_model(args.weights),
+            args.output,
+            iters=args.iters,
+            height=args.height,
+            width=args.width,
+            batch=args.batch,
+            dynamic_batch=args.dynamic_batch,
+            dtype="fp16" if args.fp16 else "fp32",
+            opset=args.opset or DEFAULT_OPSET,
+            flow_low=args.flow_low,
+            verify=not args.no_verify,
+        )
+    except ExportError as error:
+        raise UserError(str(error)) from error
+    print(report)
 
 
 def _run_presets() -> None:
@@ -255,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "flow":
             _run_flow(args)
+        elif args.command == "export":
+            _run_export(args)
         elif args.command == "inspect":
             _run_inspect(args)
         elif args.command == "presets":

@@ -13,10 +13,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class FloatInstanceNorm2d(nn.InstanceNorm2d):
+    """Instance normalisation computed in float32 whatever the input's dtype.
+
+    Half-precision statistics over a whole feature map lose accuracy, and fp16 InstanceNormalization
+    is wrong in ONNX Runtime and TensorRT; for float32 input this is plain InstanceNorm2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
 def make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
         # Affine-free, per-sample statistics in eval mode too, as published.
-        return nn.InstanceNorm2d(channels)
+        return FloatInstanceNorm2d(channels)
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "none":

@@ -99,7 +99,10 @@ class RAFT(nn.Module):
     def features(self, image1: torch.Tensor, image2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both images through the feature encoder as one batch, as published -> float32 fmaps."""
         fmaps = self.fnet(torch.cat([image1, image2], dim=0)).float()
-        return fmaps.chunk(2, dim=0)
+        batch = image1.shape[0]
+        # Slices, not chunk(2): chunk's output count is a guard that torch.export cannot prove for a
+        # symbolic batch, so a dynamic-batch ONNX export would silently fix the batch size.
+        return fmaps[:batch], fmaps[batch:]
 
     def context(self, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (net, inp): the initial hidden state tanh(.) and the context features relu(.)."""

@@ -31,6 +31,7 @@ def test_regular_install_maps_kernels_into_the_package(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("raft_engine-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "raft_engine/kernels/corr_lookup.py" in names
+    assert "raft_engine/export/onnx_export.py" in names
     assert not any(name.startswith(("kernels/", "export/", "tests/")) for name in names)
 
     target = tmp_path / "site"
@@ -42,8 +43,8 @@ def test_regular_install_maps_kernels_into_the_package(tmp_path):
     )
     assert installed.returncode == 0, installed.stderr
     probe = (
-        "import raft_engine.kernels.corr_lookup as m, importlib.util as u; "
-        "print(m.__file__); print(u.find_spec('kernels'))"
+        "import raft_engine.kernels.corr_lookup as m, raft_engine.export.onnx_export, importlib.util as u; "
+        "print(m.__file__); print(u.find_spec('kernels'), u.find_spec('export'))"
     )
     # -I: isolated mode, neither the repository nor the editable install is on the path.
     done = subprocess.run(
@@ -56,14 +57,16 @@ def test_regular_install_maps_kernels_into_the_package(tmp_path):
     assert done.returncode == 0, done.stderr
     module_file, top_level = done.stdout.splitlines()
     assert Path(module_file).is_relative_to(target)
-    assert top_level == "None"
+    assert top_level == "None None"
 
 
 def test_editable_install_resolves_to_the_repository():
+    import raft_engine.export
     import raft_engine.kernels
 
-    location = Path(raft_engine.kernels.__file__).resolve()
-    if location.is_relative_to(ROOT):
-        assert location.parent == ROOT / "kernels"
-    else:  # a regular install of this checkout
-        assert location.parent.name == "kernels" and location.parent.parent.name == "raft_engine"
+    for package, folder in ((raft_engine.kernels, "kernels"), (raft_engine.export, "export")):
+        location = Path(package.__file__).resolve()
+        if location.is_relative_to(ROOT):
+            assert location.parent == ROOT / folder
+        else:  # a regular install of this checkout
+            assert location.parent.name == folder and location.parent.parent.name == "raft_engine"
