@@ -162,6 +162,7 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("--flow-low", action="store_true", help="also output the 1/8-resolution flow")
     export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check against PyTorch")
 
+    commands.add_parser("bench", help="benchmark configurations (options: raft-engine bench --help)", add_help=False)
     presets = commands.add_parser("presets", help="list the named weights and whether they are cached")
     presets.set_defaults(command="presets")
     return parser
@@ -319,6 +320,11 @@ def _run_presets() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the benchmark has its own options: python bench.py --help
+        from raft_engine.benchmark import main as bench
+
+        return bench(argv[1:])
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -1,0 +1,9 @@
+"""Benchmark RAFT configurations: `python bench.py --help`. The code lives in raft_engine.benchmark,
+so that the installed `raft-engine bench` runs the same thing."""
+
+import sys
+
+from raft_engine.benchmark import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,640 @@
+"""Latency, throughput, memory, FLOPs and accuracy drift of RAFT configurations, with peers measured
+in the same run. `python bench.py --help` (or `raft-engine bench`) lists the options.
+
+Per configuration: warm-up runs (the compile time of compiled backends is `warmup_s`), then timed
+runs (CUDA events on a GPU) -> latency median/p90/p99 and pairs/s; peak device memory; FLOPs per pair
+counted with torch.utils.flop_counter on the meta device (convolutions and matrix products of the
+configuration's correlation mode), achieved TFLOP/s and its fraction of a bf16 matrix-product peak
+measured in the same run; and the mean end-point distance (px) between this configuration's flow and
+the fp32 PyTorch reference on the same inputs. Configurations that cannot run are reported with the
+reason, and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESOLUTIONS = {"sintel": (440, 1024), "kitti": (376, 1248), "1080p": (1088, 1920), "4k": (2160, 3840)}
+BACKENDS = ("torch", "triton", "compiled", "compiled+graphs", "ort-cpu", "ort-cuda", "ort-tensorrt", "torchvision")
+DTYPES = ("fp32", "bf16", "fp16")
+SWEEPS = {
+    # The standard GPU sweep: RAFT-large and small, sintel and 1080p, batch 1/8/32, 12 and 32 iterations.
+    "standard": dict(
+        variants=["large", "small"],
+        resolutions=["sintel", "1080p"],
+        batches=[1, 8, 32],
+        iters=[12, 32],
+        dtypes=list(DTYPES),
+        backends=list(BACKENDS),
+    ),
+    # ptlflow's published setting: 500x1000 (padded to 504x1000), 32 iterations, batch 1.
+    "ptlflow": dict(
+        variants=["large"],
+        resolutions=["500x1000"],
+        batches=[1],
+        iters=[32],
+        dtypes=["fp32", "fp16"],
+        backends=list(BACKENDS),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    backend: str
+    variant: str
+    dtype: str
+    batch: int
+    height: int
+    width: int
+    iters: int
+    corr: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.backend} RAFT-{self.variant} {self.dtype} b{self.batch} {self.height}x{self.width} "
+            f"{self.iters}it corr={self.corr}"
+        )
+
+
+class Unavailable(Exception):
+    """This configuration cannot run here (missing package or provider, unsupported combination)."""
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    if text in RESOLUTIONS:
+        return RESOLUTIONS[text]
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"resolution {text!r}: expected one of {', '.join(RESOLUTIONS)} or HxW (e.g. 436x1024)"
+        ) from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"resolution {text!r} must be positive")
+    return height, width
+
+
+# ------------------------------------------------------------------------------------------------
+# Measurement helpers
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_runs(run, device: torch.device, warmup: int, runs: int) -> tuple[list[float], float]:
+    """-> (latencies in ms of the timed runs, seconds spent warming up)."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        run()
+    _sync(device)
+    warmup_s = time.perf_counter() - start
+    latencies = []
+    for _ in range(runs):
+        if device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            run()
+            end.record()
+            end.synchronize()
+            latencies.append(begin.elapsed_time(end))
+        else:
+            begin = time.perf_counter()
+            run()
+            latencies.append(1000 * (time.perf_counter() - begin))
+    return latencies, warmup_s
+
+
+def matmul_peak_tflops(device: torch.device) -> float:
+    """A bf16 matrix product's rate here, TFLOP/s: the ceiling achieved FLOPs are compared with."""
+    size = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    latencies, _ = time_runs(lambda: a @ b, device, warmup=3, runs=10)
+    return 2 * size**3 / (statistics.median(latencies) / 1000) / 1e12
+
+
+def count_flops(model, config: BenchConfig) -> float:
+    """FLOPs per pair of the configuration's computation, counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from raft_engine.engine import build_parts
+    from raft_engine.inputs import Padder
+
+    meta = build_parts(model.to("meta"), "torch", torch.float32)[config.corr]
+    height, width = Padder(config.height, config.width).padded_size
+    image = torch.empty(1, 3, height, width, device="meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        meta(image, image, iters=config.iters)
+    return float(counter.get_total_flops())
+
+
+_PAIRS: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def scene_batch(batch: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B, H, W, 3) uint8 generated pairs; at most two distinct scenes, repeated (timing does not care)."""
+    key = (batch, height, width)
+    if key not in _PAIRS:
+        from raft_engine.scenes import generate_pair
+
+        pairs = [generate_pair(seed, height, width) for seed in range(min(batch, 2))]
+        image1 = np.stack([pairs[i % len(pairs)].image1 for i in range(batch)])
+        image2 = np.stack([pairs[i % len(pairs)].image2 for i in range(batch)])
+        _PAIRS[key] = image1, image2
+    return _PAIRS[key]
+
+
+# ------------------------------------------------------------------------------------------------
+# Backends: each returns a callable running one batch, and the flow it computes.
+
+
+def _engine_runner(model, config: BenchConfig, device: torch.device):
+    from raft_engine.engine import FlowEngine
+
+    options = dict(device=device, dtype=config.dtype, corr=config.corr)
+    if config.backend == "torch":
+        engine = FlowEngine(model, backend="torch", **options)
+    elif config.backend == "triton":
+        engine = FlowEngine(model, backend="triton", **options)
+    elif config.backend in ("compiled", "compiled+graphs"):
+        if config.backend == "compiled+graphs" and device.type != "cuda":
+            raise Unavailable("CUDA graphs need a GPU")
+        engine = FlowEngine(
+            model, compile=True, cuda_graphs=config.backend == "compiled+graphs", backend="auto", **options
+        )
+    else:
+        raise ValueError(config.backend)
+    image1, image2 = (
+        torch.from_numpy(x).permute(0, 3, 1, 2).to(device)
+        for x in scene_batch(config.batch, config.height, config.width)
+    )
+    return lambda: engine(image1, image2, iters=config.iters)
+
+
+def _ort_runner(model, config: BenchConfig, device: torch.device, workdir: Path):
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise Unavailable("onnxruntime is not installed") from error
+    from raft_engine.export import OrtFlowSession, export_onnx
+    from raft_engine.inputs import Padder
+
+    provider = config.backend.removeprefix("ort-")
+    needed = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+    if needed[provider] not in onnxruntime.get_available_providers():
+        raise Unavailable(f"ONNX Runtime has no {needed[provider]}")
+    if provider != "cpu" and device.type != "cuda":
+        raise Unavailable(f"{config.backend} needs a GPU")
+    if config.dtype == "bf16":
+        raise Unavailable("the ONNX export is fp32 or fp16")
+    if config.corr != "volume":
+        raise Unavailable("the ONNX graph uses the dense correlation volume")
+    height, width = Padder(config.height, config.width).padded_size
+    path = workdir / f"{config.variant}-{config.dtype}-b{config.batch}-{height}x{width}-{config.iters}.onnx"
+    if not path.exists():
+        export_onnx(
+            model,
+            path,
+            iters=config.iters,
+            height=height,
+            width=width,
+            batch=config.batch,
+            dtype=config.dtype,
+            verify=False,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CPU-placed nodes are recorded in the report, not warned about here
+        session = OrtFlowSession(path, providers=provider)
+    image1, image2 = (
+        torch.from_numpy(x).permute(0, 3, 1, 2) for x in scene_batch(config.batch, config.height, config.width)
+    )
+    if provider != "cpu":
+        image1, image2 = image1.to(device).float(), image2.to(device).float()
+    return lambda: session(image1, image2)
+
+
+def torchvision_state_dict(model, tv_model) -> dict:
+    """This package's weights in torchvision's layout, so the peer computes with the same weights."""
+    from raft_engine.weights import _torchvision_key
+
+    native = model.state_dict()
+    return {key: native[_torchvision_key(key, model.config.variant)] for key in tv_model.state_dict()}
+
+
+def _torchvision_runner(model, config: BenchConfig, device: torch.device):
+    try:
+        from torchvision.models.optical_flow import raft_large, raft_small
+    except ImportError as error:
+        raise Unavailable("torchvision is not importable") from error
+    if config.dtype != "fp32" or config.corr != "volume":
+        raise Unavailable("the torchvision peer runs eager fp32 with its dense volume")
+    from raft_engine.inputs import Padder
+
+    peer = (raft_large if config.variant == "large" else raft_small)(weights=None)
+    peer.load_state_dict(torchvision_state_dict(model, peer))
+    peer = peer.eval().to(device)
+    padder = Padder(config.height, config.width)
+    image1, image2 = (
+        padder.pad(torch.from_numpy(x).permute(0, 3, 1, 2).float().to(device) / 127.5 - 1)
+        for x in scene_batch(config.batch, config.height, config.width)
+    )
+
+    @torch.inference_mode()
+    def run():
+        return padder.unpad(peer(image1, image2, num_flow_updates=config.iters)[-1])
+
+    return run
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("triton", "onnxruntime", "torchvision"):
+        try:
+            found[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    if torch.cuda.is_available():
+        found["cuda"] = torch.version.cuda
+        try:
+            found["driver"] = (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                .stdout.strip()
+                .splitlines()[0]
+            )
+        except (OSError, IndexError, subprocess.SubprocessError):
+            found["driver"] = "unknown"
+    return found
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _load(variant: str, weights: str | None):
+    from raft_engine.config import RAFTConfig
+    from raft_engine.model import RAFT
+    from raft_engine.weights import load_model
+
+    if weights:
+        model = load_model(weights)
+        if model.config.variant != variant:
+            raise SystemExit(f"--weights {weights} is RAFT-{model.config.variant}, but --variant {variant} was asked")
+        return model, weights
+    torch.manual_seed(0)
+    return RAFT(RAFTConfig.from_variant(variant)).eval(), "random (seed 0)"
+
+
+def run_sweep(
+    configs: list[BenchConfig], device: torch.device, weights: dict, warmup: int, runs: int, progress: bool = True
+) -> list[dict]:
+    from tqdm import tqdm
+
+    peak = matmul_peak_tflops(device)
+    models = {variant: _load(variant, weights.get(variant)) for variant in sorted({c.variant for c in configs})}
+    references: dict[tuple, torch.Tensor] = {}
+    flops: dict[tuple, float] = {}
+    records = []
+    common = {
+        "device": device_name(device),
+        "versions": versions(),
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "bf16_matmul_tflops": round(peak, 2),
+    }
+    with tempfile.TemporaryDirectory(prefix="raft-bench-") as workdir:
+        for config in tqdm(configs, desc="bench", unit="config", disable=not progress, file=sys.stderr):
+            model, weights_used = models[config.variant]
+            record = {**asdict(config), **common, "weights": weights_used, "status": "ok"}
+            try:
+                if config.backend in ("torch", "triton", "compiled", "compiled+graphs"):
+                    if config.backend == "triton" and device.type != "cuda":
+                        raise Unavailable("the Triton kernels run on CUDA (the CPU only has Triton's interpreter)")
+                    run = _engine_runner(model, config, device)
+                elif config.backend.startswith("ort-"):
+                    run = _ort_runner(model, config, device, Path(workdir))
+                elif config.backend == "torchvision":
+                    run = _torchvision_runner(model, config, device)
+                else:
+                    raise Unavailable(f"unknown backend {config.backend}")
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                    free_before = torch.cuda.mem_get_info(device)[0]
+                latencies, warmup_s = time_runs(run, device, warmup, runs)
+                flow = run()
+                if device.type == "cuda":
+                    if config.backend.startswith("ort-"):  # ONNX Runtime's arena is outside torch's allocator
+                        record["peak_mem_mb"] = round((free_before - torch.cuda.mem_get_info(device)[0]) / 2**20, 1)
+                        record["peak_mem_method"] = "device free-memory drop"
+                    else:
+                        record["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+                        record["peak_mem_method"] = "torch.cuda.max_memory_allocated"
+                else:
+                    record["peak_mem_mb"] = None
+                    record["peak_mem_method"] = "not measured on the CPU"
+                key = (config.variant, config.batch, config.height, config.width, config.iters, config.corr)
+                if key not in references:
+                    reference_config = BenchConfig(
+                        "torch",
+                        config.variant,
+                        "fp32",
+                        config.batch,
+                        config.height,
+                        config.width,
+                        config.iters,
+                        config.corr,
+                    )
+                    references[key] = _engine_runner(model, reference_config, device)().float().cpu()
+                flops_key = (config.variant, config.height, config.width, config.iters, config.corr)
+                if flops_key not in flops:
+                    flops[flops_key] = count_flops(_load(config.variant, weights.get(config.variant))[0], config)
+                p50 = statistics.median(latencies)
+                pairs_per_s = config.batch / (p50 / 1000)
+                tflops = flops[flops_key] * pairs_per_s / 1e12
+                drift = (flow.float().cpu() - references[key]).norm(dim=1).mean().item()
+                record.update(
+                    latency_ms_p50=round(p50, 3),
+                    latency_ms_p90=round(float(np.percentile(latencies, 90)), 3),
+                    latency_ms_p99=round(float(np.percentile(latencies, 99)), 3),
+                    pairs_per_s=round(pairs_per_s, 2),
+                    warmup_s=round(warmup_s, 2),
+                    gflop_per_pair=round(flops[flops_key] / 1e9, 1),
+                    tflops=round(tflops, 3),
+                    fraction_of_bf16_peak=round(tflops / peak, 4),
+                    epe_vs_fp32=round(drift, 5),
+                    runs=runs,
+                )
+            except Unavailable as reason:
+                record["status"] = f"unavailable: {reason}"
+            except torch.cuda.OutOfMemoryError:
+                record["status"] = "out of memory"
+            except Exception as error:  # noqa: BLE001 - one failing configuration must not end the sweep
+                record["status"] = f"error: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            records.append(record)
+    return records
+
+
+def _cell(record: dict, key: str, fmt: str) -> str:
+    value = record.get(key)
+    return fmt.format(value) if record["status"] == "ok" and value is not None else "-"
+
+
+def table(records: list[dict]) -> str:
+    header = [
+        "backend",
+        "variant",
+        "dtype",
+        "corr",
+        "batch",
+        "size",
+        "iters",
+        "p50 ms",
+        "p90 ms",
+        "pairs/s",
+        "peak MB",
+        "GFLOP",
+        "TFLOP/s",
+        "% bf16",
+        "EPE drift",
+        "status",
+    ]
+    rows = []
+    for r in records:
+        rows.append(
+            [
+                r["backend"],
+                r["variant"],
+                r["dtype"],
+                r["corr"],
+                str(r["batch"]),
+                f"{r['height']}x{r['width']}",
+                str(r["iters"]),
+                _cell(r, "latency_ms_p50", "{:.2f}"),
+                _cell(r, "latency_ms_p90", "{:.2f}"),
+                _cell(r, "pairs_per_s", "{:.2f}"),
+                _cell(r, "peak_mem_mb", "{:.0f}"),
+                _cell(r, "gflop_per_pair", "{:.0f}"),
+                _cell(r, "tflops", "{:.2f}"),
+                _cell({**r, "percent": 100 * r.get("fraction_of_bf16_peak", 0)}, "percent", "{:.1f}"),
+                _cell(r, "epe_vs_fp32", "{:.4f}"),
+                r["status"],
+            ]
+        )
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def plot(records: list[dict], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise SystemExit("--plot needs matplotlib: pip install -e '.[plot]'") from error
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    series: dict[tuple, list[tuple[int, float, float]]] = {}
+    for r in records:
+        if r["status"] == "ok":
+            key = (r["backend"], r["variant"], r["dtype"], r["corr"], r["height"], r["width"], r["iters"])
+            series.setdefault(key, []).append((r["batch"], r["latency_ms_p50"], r["pairs_per_s"]))
+    for key, points in sorted(series.items()):
+        points.sort()
+        label = f"{key[0]} {key[1]} {key[2]} {key[4]}x{key[5]} {key[6]}it"
+        left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        right.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=label)
+    for axis, title in ((left, "latency (ms, median)"), (right, "throughput (pairs/s)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("batch size")
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+    right.legend(fontsize=6, loc="best")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def render_markdown(results_dir: Path) -> str:
+    """BENCHMARKS.md: every results file, with its device, versions and command, as tables."""
+    parts = [
+        "# Benchmarks",
+        "",
+        "Rendered by `python bench.py --render benchmarks/results` from the JSON records there.",
+        "Every number was measured by the command shown with it; reproduce a table by running that command.",
+        "",
+    ]
+    for path in sorted(results_dir.glob("*.json")):
+        records = json.loads(path.read_text())
+        if not records:
+            continue
+        first = records[0]
+        versions_text = ", ".join(f"{k} {v}" for k, v in first["versions"].items())
+        parts += [
+            f"## {path.stem}",
+            "",
+            f"- device: {first['device']}",
+            f"- versions: {versions_text}",
+            f"- weights: {first['weights']}",
+            f"- bf16 matrix-product peak measured: {first['bf16_matmul_tflops']} TFLOP/s",
+            f"- date: {first['date']}",
+            f"- command: `{first['command']}`",
+            "",
+            "```",
+            table(records),
+            "```",
+            "",
+        ]
+    return "\n".join(parts)
+
+
+def build_configs(args) -> list[BenchConfig]:
+    configs = []
+    for variant in args.variant:
+        for height, width in args.resolution:
+            for batch in args.batch:
+                for iters in args.iters:
+                    for dtype in args.dtype:
+                        for corr in args.corr:
+                            for backend in args.backend:
+                                configs.append(BenchConfig(backend, variant, dtype, batch, height, width, iters, corr))
+    return configs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    parser.add_argument("--quick", action="store_true", help="a small sweep that finishes in under a minute")
+    parser.add_argument("--sweep", choices=tuple(SWEEPS), help="a named sweep (overrides the list options)")
+    parser.add_argument("--backend", nargs="+", choices=BACKENDS, default=None)
+    parser.add_argument("--variant", nargs="+", choices=("large", "small"), default=None)
+    parser.add_argument(
+        "--resolution",
+        nargs="+",
+        type=parse_resolution,
+        default=None,
+        help=f"{', '.join(f'{k} ({h}x{w})' for k, (h, w) in RESOLUTIONS.items())} or HxW",
+    )
+    parser.add_argument("--batch", nargs="+", type=int, default=None)
+    parser.add_argument("--iters", nargs="+", type=int, default=None)
+    parser.add_argument("--dtype", nargs="+", choices=DTYPES, default=None)
+    parser.add_argument("--corr", nargs="+", choices=("volume", "ondemand"), default=None)
+    parser.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="W",
+        help="checkpoint or preset per variant (default: random weights; speed does not depend on "
+        "them, the drift does)",
+    )
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up runs (default 3, quick 1)")
+    parser.add_argument("--runs", type=int, default=None, help="timed runs (default 20, quick 3)")
+    parser.add_argument("--json", metavar="PATH", help="write the records as a JSON list")
+    parser.add_argument("--plot", metavar="PATH", help="latency and throughput against batch size, PNG (matplotlib)")
+    parser.add_argument("--render", metavar="DIR", help="only render DIR/*.json into BENCHMARKS.md and exit")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    if args.render:
+        results = Path(args.render)
+        if not results.is_dir():
+            parser.error(f"--render {results}: no such folder")
+        Path("BENCHMARKS.md").write_text(render_markdown(results))
+        print(f"wrote BENCHMARKS.md from {results}")
+        return 0
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but CUDA is not available")
+    defaults = (
+        dict(
+            variants=["small"],
+            resolutions=[(128, 160)],
+            batches=[1],
+            iters=[4],
+            dtypes=["fp32", "bf16"],
+            backends=["torch", "ort-cpu"],
+        )
+        if args.quick
+        else dict(
+            variants=["large"],
+            resolutions=["sintel"],
+            batches=[1],
+            iters=[12],
+            dtypes=["fp32"],
+            backends=["torch", "triton", "compiled", "compiled+graphs", "ort-cuda", "torchvision"]
+            if device.type == "cuda"
+            else ["torch", "ort-cpu"],
+        )
+    )
+    if args.sweep:
+        defaults = SWEEPS[args.sweep]
+    args.variant = args.variant or defaults["variants"]
+    args.resolution = args.resolution or [
+        parse_resolution(r) if isinstance(r, str) else r for r in defaults["resolutions"]
+    ]
+    args.batch = args.batch or defaults["batches"]
+    args.iters = args.iters or defaults["iters"]
+    args.dtype = args.dtype or defaults["dtypes"]
+    args.backend = args.backend or defaults["backends"]
+    args.corr = args.corr or ["volume"]
+    if any(b < 1 for b in args.batch) or any(i < 1 for i in args.iters):
+        parser.error("batch sizes and iteration counts must be >= 1")
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    runs = args.runs if args.runs is not None else (3 if args.quick else 20)
+    if runs < 1 or warmup < 0:
+        parser.error("--runs must be >= 1 and --warmup >= 0")
+
+    from raft_engine.weights import load_model
+
+    weights = {}
+    for source in args.weights:
+        weights[load_model(source).config.variant] = source
+    configs = build_configs(args)
+    records = run_sweep(configs, device, weights, warmup, runs, progress=not args.no_progress)
+    print(table(records))
+    print(
+        f"device: {records[0]['device']}; bf16 matrix-product peak {records[0]['bf16_matmul_tflops']} TFLOP/s; "
+        f"weights: {', '.join(sorted({r['weights'] for r in records}))}"
+    )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
+    if args.plot:
+        plot(records, args.plot)
+    return 0 if any(r["status"] == "ok" for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
