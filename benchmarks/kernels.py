@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 
 import torch
 
@@ -79,47 +80,93 @@ def main(argv=None) -> int:
         cells = height * width
         fmap1 = torch.randn(1, DIM, height, width, device=device, generator=generator)
         fmap2 = torch.randn(1, DIM, height, width, device=device, generator=generator)
-        coords = torch.stack(torch.meshgrid(torch.arange(width, device=device, dtype=torch.float32),
-                                            torch.arange(height, device=device, dtype=torch.float32),
-                                            indexing="xy"))[None]
+        coords = torch.stack(
+            torch.meshgrid(
+                torch.arange(width, device=device, dtype=torch.float32),
+                torch.arange(height, device=device, dtype=torch.float32),
+                indexing="xy",
+            )
+        )[None]
         coords = coords + 3 * torch.randn(coords.shape, device=device, generator=generator)
         dense_bytes = 4 * cells * cells * 4 // 3
-        if dense_bytes < 0.6 * (torch.cuda.get_device_properties(device).total_memory if device.type == "cuda"
-                                else 2**31):
+        if dense_bytes < 0.6 * (
+            torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 2**31
+        ):
             pyramid32 = correlation_pyramid(all_pairs_correlation(fmap1, fmap2), LEVELS)
             for dtype in (torch.float32, torch.float16):
                 pyramid = [level.to(dtype) for level in pyramid32]
                 moved = lookup_bytes(cells, height, width, pyramid[0].element_size())
-                for which, fn in (("reference", lambda: corr_lookup_ref(pyramid, coords, RADIUS)),
-                                  ("triton", lambda: corr_lookup(pyramid, coords, RADIUS))):
+                for which, fn in (
+                    ("reference", partial(corr_lookup_ref, pyramid, coords, RADIUS)),
+                    ("triton", partial(corr_lookup, pyramid, coords, RADIUS)),
+                ):
                     ms = bench_ms(fn, device)
-                    rows.append(dict(kernel="corr_lookup", grid=name, dtype=str(dtype).split(".")[-1], impl=which,
-                                     ms=ms, gb_per_s=moved / ms / 1e6, of_copy=moved / ms / 1e6 / bandwidth))
+                    rows.append(
+                        dict(
+                            kernel="corr_lookup",
+                            grid=name,
+                            dtype=str(dtype).split(".")[-1],
+                            impl=which,
+                            ms=ms,
+                            gb_per_s=moved / ms / 1e6,
+                            of_copy=moved / ms / 1e6 / bandwidth,
+                        )
+                    )
                 del pyramid
             del pyramid32
         else:
-            rows.append(dict(kernel="corr_lookup", grid=name, dtype="-", impl="-", ms=None, gb_per_s=None,
-                             of_copy=None, note=f"dense pyramid of {dense_bytes / 1e9:.1f} GB does not fit"))
+            rows.append(
+                dict(
+                    kernel="corr_lookup",
+                    grid=name,
+                    dtype="-",
+                    impl="-",
+                    ms=None,
+                    gb_per_s=None,
+                    of_copy=None,
+                    note=f"dense pyramid of {dense_bytes / 1e9:.1f} GB does not fit",
+                )
+            )
         for dtype in (torch.float32, torch.float16):
             features1 = fmap1.permute(0, 2, 3, 1).to(dtype).contiguous()
             levels = [level.permute(0, 2, 3, 1).to(dtype).contiguous() for level in pooled_pyramid(fmap2, LEVELS)]
             moved = sum(t.numel() * t.element_size() for t in [features1, *levels]) + cells * (8 + LEVELS * 81 * 4)
-            implementations = [("triton", lambda: corr_ondemand(features1, levels, coords, RADIUS))]
+            implementations = [("triton", partial(corr_ondemand, features1, levels, coords, RADIUS))]
             if cells <= 55 * 128:  # the reference samples (D x window) per cell: only at the small grid
-                implementations.insert(0, ("reference", lambda: corr_ondemand_ref(features1, levels, coords, RADIUS)))
+                implementations.insert(0, ("reference", partial(corr_ondemand_ref, features1, levels, coords, RADIUS)))
             for which, fn in implementations:
                 ms = bench_ms(fn, device)
-                rows.append(dict(kernel="corr_ondemand", grid=name, dtype=str(dtype).split(".")[-1], impl=which,
-                                 ms=ms, gb_per_s=moved / ms / 1e6, of_copy=moved / ms / 1e6 / bandwidth))
+                rows.append(
+                    dict(
+                        kernel="corr_ondemand",
+                        grid=name,
+                        dtype=str(dtype).split(".")[-1],
+                        impl=which,
+                        ms=ms,
+                        gb_per_s=moved / ms / 1e6,
+                        of_copy=moved / ms / 1e6 / bandwidth,
+                    )
+                )
         flow = torch.randn(1, 2, height, width, device=device, generator=generator)
         for dtype in (torch.float32, torch.float16):
             up_mask = torch.randn(1, 576, height, width, device=device, generator=generator).to(dtype)
             moved = flow.numel() * 4 + up_mask.numel() * up_mask.element_size() + 2 * 64 * cells * 4
-            for which, fn in (("reference", lambda: convex_upsample_ref(flow, up_mask)),
-                              ("triton", lambda: convex_upsample(flow, up_mask))):
+            for which, fn in (
+                ("reference", partial(convex_upsample_ref, flow, up_mask)),
+                ("triton", partial(convex_upsample, flow, up_mask)),
+            ):
                 ms = bench_ms(fn, device)
-                rows.append(dict(kernel="convex_upsample", grid=name, dtype=str(dtype).split(".")[-1], impl=which,
-                                 ms=ms, gb_per_s=moved / ms / 1e6, of_copy=moved / ms / 1e6 / bandwidth))
+                rows.append(
+                    dict(
+                        kernel="convex_upsample",
+                        grid=name,
+                        dtype=str(dtype).split(".")[-1],
+                        impl=which,
+                        ms=ms,
+                        gb_per_s=moved / ms / 1e6,
+                        of_copy=moved / ms / 1e6 / bandwidth,
+                    )
+                )
 
     end_to_end = []
     if device.type == "cuda" and not args.skip_end_to_end and not args.quick:
@@ -132,9 +179,15 @@ def main(argv=None) -> int:
                 engine = FlowEngine(model, device=device, backend="triton", corr=mode)
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-                ms = bench_ms(lambda: engine(images[0], images[1], iters=12), device)
-                end_to_end.append(dict(size=f"{size[0]}x{size[1]}", corr=mode, ms=ms,
-                                       peak_gb=torch.cuda.max_memory_allocated(device) / 1e9))
+                ms = bench_ms(partial(engine, images[0], images[1], iters=12), device)
+                end_to_end.append(
+                    dict(
+                        size=f"{size[0]}x{size[1]}",
+                        corr=mode,
+                        ms=ms,
+                        peak_gb=torch.cuda.max_memory_allocated(device) / 1e9,
+                    )
+                )
                 del engine
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter)"
@@ -144,14 +197,28 @@ def main(argv=None) -> int:
         if row["ms"] is None:
             print(f"{row['kernel']:16s} {row['grid']:12s} {row['note']}")
             continue
-        print(f"{row['kernel']:16s} {row['grid']:12s} {row['dtype']:8s} {row['impl']:10s} {row['ms']:9.3f} "
-              f"{row['gb_per_s']:8.1f} {row['of_copy']:8.3f}")
+        print(
+            f"{row['kernel']:16s} {row['grid']:12s} {row['dtype']:8s} {row['impl']:10s} {row['ms']:9.3f} "
+            f"{row['gb_per_s']:8.1f} {row['of_copy']:8.3f}"
+        )
     for row in end_to_end:
-        print(f"end to end RAFT-large {row['size']} corr={row['corr']}: {row['ms']:.1f} ms, peak {row['peak_gb']:.2f} GB")
+        print(
+            f"end to end RAFT-large {row['size']} corr={row['corr']}: {row['ms']:.1f} ms, peak {row['peak_gb']:.2f} GB"
+        )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": device_name, "copy_gb_per_s": bandwidth, "torch": torch.__version__,
-                       "command": " ".join(sys.argv), "kernels": rows, "end_to_end": end_to_end}, f, indent=1)
+            json.dump(
+                {
+                    "device": device_name,
+                    "copy_gb_per_s": bandwidth,
+                    "torch": torch.__version__,
+                    "command": " ".join(sys.argv),
+                    "kernels": rows,
+                    "end_to_end": end_to_end,
+                },
+                f,
+                indent=1,
+            )
     return 0
 
 
