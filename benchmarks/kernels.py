@@ -47,6 +47,25 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * size / (bench_ms(lambda: target.copy_(source), device) / 1000) / 1e9
 
 
+def measure(kernel: str, grid: str, dtype: torch.dtype, implementations, moved: int, device, bandwidth: float):
+    """Time each (name, callable) -> result rows: ms, GB/s over the `moved` bytes, fraction of copy bandwidth."""
+    rows = []
+    for which, fn in implementations:
+        ms = bench_ms(fn, device)
+        rows.append(
+            dict(
+                kernel=kernel,
+                grid=grid,
+                dtype=str(dtype).split(".")[-1],
+                impl=which,
+                ms=ms,
+                gb_per_s=moved / ms / 1e6,
+                of_copy=moved / ms / 1e6 / bandwidth,
+            )
+        )
+    return rows
+
+
 def lookup_bytes(cells: int, height: int, width: int, itemsize: int) -> int:
     window = (2 * RADIUS + 1) ** 2
     patch = min((2 * RADIUS + 2) ** 2, height * width)
@@ -96,22 +115,18 @@ def main(argv=None) -> int:
             for dtype in (torch.float32, torch.float16):
                 pyramid = [level.to(dtype) for level in pyramid32]
                 moved = lookup_bytes(cells, height, width, pyramid[0].element_size())
-                for which, fn in (
-                    ("reference", partial(corr_lookup_ref, pyramid, coords, RADIUS)),
-                    ("triton", partial(corr_lookup, pyramid, coords, RADIUS)),
-                ):
-                    ms = bench_ms(fn, device)
-                    rows.append(
-                        dict(
-                            kernel="corr_lookup",
-                            grid=name,
-                            dtype=str(dtype).split(".")[-1],
-                            impl=which,
-                            ms=ms,
-                            gb_per_s=moved / ms / 1e6,
-                            of_copy=moved / ms / 1e6 / bandwidth,
-                        )
-                    )
+                rows += measure(
+                    "corr_lookup",
+                    name,
+                    dtype,
+                    [
+                        ("reference", partial(corr_lookup_ref, pyramid, coords, RADIUS)),
+                        ("triton", partial(corr_lookup, pyramid, coords, RADIUS)),
+                    ],
+                    moved,
+                    device,
+                    bandwidth,
+                )
                 del pyramid
             del pyramid32
         else:
@@ -134,39 +149,23 @@ def main(argv=None) -> int:
             implementations = [("triton", partial(corr_ondemand, features1, levels, coords, RADIUS))]
             if cells <= 55 * 128:  # the reference samples (D x window) per cell: only at the small grid
                 implementations.insert(0, ("reference", partial(corr_ondemand_ref, features1, levels, coords, RADIUS)))
-            for which, fn in implementations:
-                ms = bench_ms(fn, device)
-                rows.append(
-                    dict(
-                        kernel="corr_ondemand",
-                        grid=name,
-                        dtype=str(dtype).split(".")[-1],
-                        impl=which,
-                        ms=ms,
-                        gb_per_s=moved / ms / 1e6,
-                        of_copy=moved / ms / 1e6 / bandwidth,
-                    )
-                )
+            rows += measure("corr_ondemand", name, dtype, implementations, moved, device, bandwidth)
         flow = torch.randn(1, 2, height, width, device=device, generator=generator)
         for dtype in (torch.float32, torch.float16):
             up_mask = torch.randn(1, 576, height, width, device=device, generator=generator).to(dtype)
             moved = flow.numel() * 4 + up_mask.numel() * up_mask.element_size() + 2 * 64 * cells * 4
-            for which, fn in (
-                ("reference", partial(convex_upsample_ref, flow, up_mask)),
-                ("triton", partial(convex_upsample, flow, up_mask)),
-            ):
-                ms = bench_ms(fn, device)
-                rows.append(
-                    dict(
-                        kernel="convex_upsample",
-                        grid=name,
-                        dtype=str(dtype).split(".")[-1],
-                        impl=which,
-                        ms=ms,
-                        gb_per_s=moved / ms / 1e6,
-                        of_copy=moved / ms / 1e6 / bandwidth,
-                    )
-                )
+            rows += measure(
+                "convex_upsample",
+                name,
+                dtype,
+                [
+                    ("reference", partial(convex_upsample_ref, flow, up_mask)),
+                    ("triton", partial(convex_upsample, flow, up_mask)),
+                ],
+                moved,
+                device,
+                bandwidth,
+            )
 
     end_to_end = []
     if device.type == "cuda" and not args.skip_end_to_end and not args.quick:

@@ -6,6 +6,7 @@ import os
 
 import torch
 import triton
+import triton.language as tl
 
 PYRAMID_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -37,3 +38,46 @@ def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
 
 def next_power_of_2(n: int) -> int:
     return triton.next_power_of_2(n)
+
+
+# Shared pieces of the two lookup kernels -------------------------------------------------------
+
+
+@triton.jit
+def load_cells(coords, height, width, num_cells, stride_cb, stride_cc, stride_ch, stride_cw, BLOCK_CELLS: tl.constexpr):
+    """This program's cells of the 1/8 grid -> (cells, cell_ok, b, hw, x, y), x and y their coordinates."""
+    cells = tl.program_id(0).to(tl.int64) * BLOCK_CELLS + tl.arange(0, BLOCK_CELLS)
+    cell_ok = cells < num_cells
+    plane = height * width
+    b = cells // plane
+    hw = cells % plane
+    coord = coords + b * stride_cb + (hw // width) * stride_ch + (hw % width) * stride_cw
+    x = tl.load(coord, mask=cell_ok, other=0.0)
+    y = tl.load(coord + stride_cc, mask=cell_ok, other=0.0)
+    return cells, cell_ok, b, hw, x, y
+
+
+@triton.jit
+def level_base(level: tl.constexpr, level0, level1, level2, level3):
+    """The pointer of pyramid level `level` (a compile-time choice)."""
+    if level == 0:
+        return level0
+    elif level == 1:
+        return level1
+    elif level == 2:
+        return level2
+    else:
+        return level3
+
+
+@triton.jit
+def level_centre(x, y, level: tl.constexpr, level_h, level_w, RADIUS: tl.constexpr):
+    """Coordinates at `level` -> (floor of x, floor of y, fractional x, fractional y).
+
+    Beyond r + 1 cells outside the map every tap is zero; clamping there keeps the int conversion safe.
+    """
+    cx = tl.minimum(tl.maximum(x * (0.5**level), -RADIUS - 2.0), level_w + RADIUS + 1.0)
+    cy = tl.minimum(tl.maximum(y * (0.5**level), -RADIUS - 2.0), level_h + RADIUS + 1.0)
+    x0f = tl.floor(cx)
+    y0f = tl.floor(cy)
+    return x0f.to(tl.int32), y0f.to(tl.int32), cx - x0f, cy - y0f

@@ -16,7 +16,16 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from raft_engine.kernels._triton import PYRAMID_DTYPES, check_device, compute_dtype, interpreting, next_power_of_2
+from raft_engine.kernels._triton import (
+    PYRAMID_DTYPES,
+    check_device,
+    compute_dtype,
+    interpreting,
+    level_base,
+    level_centre,
+    load_cells,
+    next_power_of_2,
+)
 
 MAX_LEVELS = 4
 
@@ -98,17 +107,10 @@ def _corr_lookup_kernel(
 ):
     SIDE: tl.constexpr = 2 * RADIUS + 1
     WINDOW: tl.constexpr = SIDE * SIDE
-    cells = tl.program_id(0).to(tl.int64) * BLOCK_CELLS + tl.arange(0, BLOCK_CELLS)
-    cell_ok = cells < num_cells
+    cells, cell_ok, b, hw, x, y = load_cells(
+        coords, height, width, num_cells, stride_cb, stride_cc, stride_ch, stride_cw, BLOCK_CELLS
+    )
     plane = height * width
-    b = cells // plane
-    hw = cells % plane
-    h = hw // width
-    w = hw % width
-    coord = coords + b * stride_cb + h * stride_ch + w * stride_cw
-    x = tl.load(coord, mask=cell_ok, other=0.0)
-    y = tl.load(coord + stride_cc, mask=cell_ok, other=0.0)
-
     k = tl.arange(0, WINDOW_PAD)
     k_ok = k < WINDOW
     dx = (k // SIDE - RADIUS)[None, :]  # horizontal offset: the slow index (published order)
@@ -117,25 +119,14 @@ def _corr_lookup_kernel(
     out_cell = out + b[:, None] * (NUM_LEVELS * WINDOW * plane) + hw[:, None]
 
     for level in tl.static_range(NUM_LEVELS):
-        if level == 0:
-            base = level0
-        elif level == 1:
-            base = level1
-        elif level == 2:
-            base = level2
-        else:
-            base = level3
+        base = level_base(level, level0, level1, level2, level3)
         level_h = height >> level
         level_w = width >> level
-        # Beyond r + 1 cells outside the map every tap is zero; clamping keeps the int conversion safe.
-        cx = tl.minimum(tl.maximum(x * (0.5**level), -RADIUS - 2.0), level_w + RADIUS + 1.0)
-        cy = tl.minimum(tl.maximum(y * (0.5**level), -RADIUS - 2.0), level_h + RADIUS + 1.0)
-        x0f = tl.floor(cx)
-        y0f = tl.floor(cy)
-        fx = (cx - x0f)[:, None]
-        fy = (cy - y0f)[:, None]
-        px = x0f.to(tl.int32)[:, None] + dx
-        py = y0f.to(tl.int32)[:, None] + dy
+        x0, y0, fx, fy = level_centre(x, y, level, level_h, level_w, RADIUS)
+        fx = fx[:, None]
+        fy = fy[:, None]
+        px = x0[:, None] + dx
+        py = y0[:, None] + dy
         in_x0 = (px >= 0) & (px < level_w)
         in_x1 = (px >= -1) & (px < level_w - 1)
         in_y0 = (py >= 0) & (py < level_h)

@@ -18,7 +18,16 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from raft_engine.kernels._triton import PYRAMID_DTYPES, check_device, compute_dtype, interpreting, next_power_of_2
+from raft_engine.kernels._triton import (
+    PYRAMID_DTYPES,
+    check_device,
+    compute_dtype,
+    interpreting,
+    level_base,
+    level_centre,
+    load_cells,
+    next_power_of_2,
+)
 from raft_engine.kernels.corr_lookup import MAX_LEVELS, sample_windows
 
 # The reference samples fmap2 at every window position of a chunk of cells at once: bound that
@@ -106,16 +115,10 @@ def _corr_ondemand_kernel(
     SIDE: tl.constexpr = 2 * RADIUS + 1
     PATCH_SIDE: tl.constexpr = 2 * RADIUS + 2
     WINDOW: tl.constexpr = SIDE * SIDE
-    cells = tl.program_id(0).to(tl.int64) * BLOCK_CELLS + tl.arange(0, BLOCK_CELLS)
-    cell_ok = cells < num_cells
+    cells, cell_ok, b, hw, x, y = load_cells(
+        coords, height, width, num_cells, stride_cb, stride_cc, stride_ch, stride_cw, BLOCK_CELLS
+    )
     plane = height * width
-    b = cells // plane
-    hw = cells % plane
-    h = hw // width
-    w = hw % width
-    coord = coords + b * stride_cb + h * stride_ch + w * stride_cw
-    x = tl.load(coord, mask=cell_ok, other=0.0)
-    y = tl.load(coord + stride_cc, mask=cell_ok, other=0.0)
 
     # The patch: the (2r+2)^2 integer positions that the window's bilinear taps touch,
     # column-major like the window (patch index = a * (2r+2) + c, a horizontal).
@@ -133,22 +136,12 @@ def _corr_ondemand_kernel(
     out_cell = out + b[:, None] * (NUM_LEVELS * WINDOW * plane) + hw[:, None]
 
     for level in tl.static_range(NUM_LEVELS):
-        if level == 0:
-            base = level0
-        elif level == 1:
-            base = level1
-        elif level == 2:
-            base = level2
-        else:
-            base = level3
+        base = level_base(level, level0, level1, level2, level3)
         level_h = height >> level
         level_w = width >> level
-        cx = tl.minimum(tl.maximum(x * (0.5**level), -RADIUS - 2.0), level_w + RADIUS + 1.0)
-        cy = tl.minimum(tl.maximum(y * (0.5**level), -RADIUS - 2.0), level_h + RADIUS + 1.0)
-        x0f = tl.floor(cx)
-        y0f = tl.floor(cy)
-        px = x0f.to(tl.int32)[:, None] + patch_x
-        py = y0f.to(tl.int32)[:, None] + patch_y
+        x0, y0, fx, fy = level_centre(x, y, level, level_h, level_w, RADIUS)
+        px = x0[:, None] + patch_x
+        py = y0[:, None] + patch_y
         inside = cell_ok[:, None] & p_ok[None, :] & (px >= 0) & (px < level_w) & (py >= 0) & (py < level_h)
         rows = base + ((b[:, None] * level_h + py) * level_w + px) * dim  # (cells, patch) feature rows
 
@@ -163,8 +156,8 @@ def _corr_ondemand_kernel(
             dots += tl.sum(f2 * f1[:, None, :], axis=2)
         dots = dots * scale
 
-        fx = (cx - x0f)[:, None]
-        fy = (cy - y0f)[:, None]
+        fx = fx[:, None]
+        fy = fy[:, None]
         v00 = tl.gather(dots, tap00, axis=1)
         v10 = tl.gather(dots, tap00 + PATCH_SIDE, axis=1)
         v01 = tl.gather(dots, tap00 + 1, axis=1)
