@@ -26,7 +26,9 @@ import torch
 from torch import nn
 
 from raft_engine.correlation import DenseCorrelation
+from raft_engine.engine import positive_int
 from raft_engine.model import RAFT, BilinearUpsampler, ConvexUpsampler
+from raft_engine.scenes import scene_tensors
 
 log = logging.getLogger(__name__)
 
@@ -91,26 +93,6 @@ def reference_model(model: RAFT) -> RAFT:
     return copied.with_parts(correlation=DenseCorrelation(config.corr_levels, config.corr_radius), upsampler=upsampler)
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
-def _example_pair(batch: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generated scene pairs (exact flow unused): realistic inputs for tracing and verification."""
-    from raft_engine.scenes import generate_pair
-
-    pairs = [generate_pair(seed, height, width) for seed in range(batch)]
-
-    def stack(arrays):
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().contiguous()
-
-    return stack([p.image1 for p in pairs]), stack([p.image2 for p in pairs])
-
-
 def export_onnx(
     model: RAFT,
     path: str | os.PathLike,
@@ -135,7 +117,7 @@ def export_onnx(
     if height is None or width is None:
         raise ValueError("height and width are required: an ONNX export has a fixed input size")
     iters, height, width, batch = (
-        _positive_int(n, v) for n, v in (("iters", iters), ("height", height), ("width", width), ("batch", batch))
+        positive_int(n, v) for n, v in (("iters", iters), ("height", height), ("width", width), ("batch", batch))
     )
     if height % 8 or width % 8:
         raise ValueError(
@@ -147,7 +129,7 @@ def export_onnx(
         raise ValueError(f"{height}x{width} is too small for RAFT: at least {minimum}x{minimum}")
     if dtype not in ONNX_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {tuple(ONNX_DTYPES)}")
-    opset = _positive_int("opset", opset)
+    opset = positive_int("opset", opset)
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is too old: RAFT's lookup needs GridSample, opset >= {MIN_OPSET}")
     if opset >= 20:
@@ -159,7 +141,8 @@ def export_onnx(
 
     exported = _Exported(reference_model(model).to_compute_dtype(ONNX_DTYPES[dtype]), iters, flow_low).eval()
     # torch.export specialises a batch dimension of 1, so a dynamic batch is traced with two pairs.
-    image1, image2 = _example_pair(max(batch, 2) if dynamic_batch else batch, height, width)
+    # Generated scenes: realistic inputs for tracing and verification.
+    image1, image2, _ = scene_tensors(range(max(batch, 2) if dynamic_batch else batch), height, width)
     outputs = ("flow", "flow_low") if flow_low else ("flow",)
     dynamic_shapes = None
     if dynamic_batch:
@@ -199,16 +182,22 @@ def export_onnx(
         entry.key, entry.value = key, value
     import onnx
 
-    onnx.save(onnx_model, str(path))
-
-    relative = max_abs = None
-    if verify:
-        relative, max_abs = _verify(model, path, image1, image2, iters, outputs)
-        if not relative <= TOLERANCE[dtype]:
-            raise ExportError(
-                f"ONNX Runtime's flow differs from PyTorch's: relative error {relative:.3e} (max {max_abs:.4f} px), "
-                f"over the {dtype} tolerance {TOLERANCE[dtype]:.0e}; the graph at {path} is not to be trusted"
-            )
+    # Written beside the target and moved there only once verified: a failed export leaves no file
+    # behind, and never replaces an earlier good one.
+    staged = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        onnx.save(onnx_model, str(staged))
+        relative = max_abs = None
+        if verify:
+            relative, max_abs = _verify(model, staged, image1, image2, iters, outputs)
+            if not relative <= TOLERANCE[dtype]:
+                raise ExportError(
+                    f"ONNX Runtime's flow differs from PyTorch's: relative error {relative:.3e} (max {max_abs:.4f} "
+                    f"px), over the {dtype} tolerance {TOLERANCE[dtype]:.0e}; nothing was written to {path}"
+                )
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
     report = ExportReport(
         path,
         model.config.variant,
@@ -263,12 +252,13 @@ def _verify(
     result = session.run(None, {"image1": image1.numpy(), "image2": image2.numpy()})
     with torch.no_grad():
         expected = reference_model(model)(image1, image2, iters=iters)
+
+    def relative_error(actual: np.ndarray, wanted: np.ndarray) -> float:
+        error = float(np.linalg.norm(actual - wanted) / max(np.linalg.norm(wanted), 1e-12))
+        return error if math.isfinite(error) else float("inf")  # NaN must fail the check, not pass it
+
     flow = expected.flow.numpy()
-    relative = float(np.linalg.norm(result[0] - flow) / max(np.linalg.norm(flow), 1e-12))
-    max_abs = float(np.abs(result[0] - flow).max())
-    if not math.isfinite(relative):
-        relative = float("inf")
+    relative = relative_error(result[0], flow)
     if "flow_low" in outputs:
-        low = expected.flow_low.numpy()
-        relative = max(relative, float(np.linalg.norm(result[1] - low) / max(np.linalg.norm(low), 1e-12)))
-    return relative, max_abs
+        relative = max(relative, relative_error(result[1], expected.flow_low.numpy()))
+    return relative, float(np.abs(result[0] - flow).max())

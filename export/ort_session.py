@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from raft_engine.engine import FlowResult
-from raft_engine.inputs import Padder, check_pair, to_image_batch
+from raft_engine.inputs import Padder, check_padding, check_pair, to_image_batch
 
 PROVIDER_CHOICES = ("auto", "cuda", "tensorrt", "cpu")
 _GPU = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -69,6 +69,8 @@ class OrtFlowSession:
         a GPU and onnxruntime-gpu, else CPU).
     padding: "sintel" or "kitti", as FlowEngine; images must pad to the graph's input size.
     cuda_graph: let ONNX Runtime record the CUDA provider's work as a CUDA graph (fixed batch only).
+    check_placement: under a GPU provider, profile one run to find nodes placed on the CPU and warn
+        about them (`cpu_nodes`); default on for CUDA, off for TensorRT, whose engine build it repeats.
     """
 
     def __init__(
@@ -78,14 +80,14 @@ class OrtFlowSession:
         padding: str = "sintel",
         cuda_graph: bool = False,
         device_id: int = 0,
+        check_placement: bool | None = None,
     ) -> None:
         import onnxruntime
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no such ONNX file: {path}")
-        if padding not in ("sintel", "kitti"):
-            raise ValueError(f"unknown padding {padding!r}; expected 'sintel' or 'kitti'")
+        check_padding(padding)
         self.path = path
         self.padding = padding
         self.device_id = device_id
@@ -104,7 +106,9 @@ class OrtFlowSession:
         self.cuda_graph = cuda_graph
         self._static: dict[str, torch.Tensor] = {}
         self.cpu_nodes: Counter = Counter()
-        if self.on_gpu:
+        if check_placement is None:
+            check_placement = self.providers[0] == "CUDAExecutionProvider"
+        if self.on_gpu and check_placement:
             self.cpu_nodes = self._cpu_placed_nodes(provider_list)
             if self.cpu_nodes:
                 listing = ", ".join(f"{op} x{count}" for op, count in sorted(self.cpu_nodes.items()))
@@ -166,7 +170,13 @@ class OrtFlowSession:
             raise ValueError(f"this graph was exported for batch {self.batch}, got {batch} pair(s)")
         padded1 = padder.pad(batch1).contiguous()
         padded2 = padder.pad(batch2).contiguous()
-        if self.on_gpu and padded1.is_cuda:
+        if padded1.is_cuda and padded1.device.index != self.device_id:
+            raise ValueError(f"the images are on {padded1.device}, this session on cuda:{self.device_id}")
+        if self.cuda_graph and not padded1.is_cuda:
+            # ONNX Runtime's graph replays on fixed device buffers: host images are copied there.
+            gpu = torch.device("cuda", self.device_id)
+            outputs = [o.to(batch1.device) for o in self._run_bound(padded1.to(gpu), padded2.to(gpu))]
+        elif self.on_gpu and padded1.is_cuda:
             outputs = self._run_bound(padded1, padded2)
         else:
             result = self.session.run(None, {"image1": padded1.cpu().numpy(), "image2": padded2.cpu().numpy()})
@@ -199,7 +209,7 @@ class OrtFlowSession:
         binding = self.session.io_binding()
         for name, tensor in buffers.items():
             bind = binding.bind_input if name.startswith("image") else binding.bind_output
-            bind(name, "cuda", device.index or 0, np.float32, tuple(tensor.shape), tensor.data_ptr())
+            bind(name, "cuda", self.device_id, np.float32, tuple(tensor.shape), tensor.data_ptr())
         torch.cuda.current_stream(device).synchronize()  # inputs written by torch before ONNX Runtime reads them
         self.session.run_with_iobinding(binding)
         outputs = [buffers[n] for n in self.outputs]

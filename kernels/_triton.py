@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -29,6 +30,17 @@ def check_device(name: str, *tensors: torch.Tensor) -> None:
         )
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"{name}: unsupported device {device}")
+
+
+def on_device(tensor: torch.Tensor):
+    """Launch on `tensor`'s GPU: Triton launches on the current CUDA device, whichever the tensors' is."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
+def size_class(count: int) -> int:
+    """Autotuning bucket of a problem size: its power of two. The best block size at 128x160 is not
+    the best at 4K, yet each size of its own would retune for every new shape."""
+    return max(0, int(count) - 1).bit_length()
 
 
 def compute_dtype(tensor: torch.Tensor) -> torch.dtype:

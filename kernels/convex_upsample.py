@@ -15,7 +15,14 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from raft_engine.kernels._triton import PYRAMID_DTYPES, check_device, compute_dtype, interpreting
+from raft_engine.kernels._triton import (
+    PYRAMID_DTYPES,
+    check_device,
+    compute_dtype,
+    interpreting,
+    on_device,
+    size_class,
+)
 
 FACTOR = 8
 
@@ -50,7 +57,7 @@ def _upsample_configs() -> list[triton.Config]:
     return [triton.Config({"BLOCK_W": block}, num_warps=warps) for block in (8, 16, 32, 64) for warps in (2, 4, 8)]
 
 
-@triton.autotune(configs=_upsample_configs(), key=[])
+@triton.autotune(configs=_upsample_configs(), key=["size_bucket"])
 @triton.jit
 def _convex_upsample_kernel(
     flow,  # (B, 2, H, W) float32, any strides
@@ -58,6 +65,7 @@ def _convex_upsample_kernel(
     out,  # (B, 2, 8H, 8W) float32, contiguous
     height,
     width,
+    size_bucket,  # size_class(B * H * W): for the autotuning key only
     stride_fb,
     stride_fc,
     stride_fh,
@@ -132,13 +140,15 @@ def convex_upsample(flow: torch.Tensor, up_mask: torch.Tensor) -> torch.Tensor:
     def grid(meta):
         return (batch * height, triton.cdiv(width, meta["BLOCK_W"]))
 
-    wrap_triton(_convex_upsample_kernel)[grid](
-        flow,
-        up_mask,
-        out,
-        height,
-        width,
-        *flow.stride(),
-        *up_mask.stride(),
-    )
+    with on_device(flow):
+        wrap_triton(_convex_upsample_kernel)[grid](
+            flow,
+            up_mask,
+            out,
+            height,
+            width,
+            size_class(batch * height * width),
+            *flow.stride(),
+            *up_mask.stride(),
+        )
     return out

@@ -25,6 +25,8 @@ from raft_engine.kernels._triton import (
     level_centre,
     load_cells,
     next_power_of_2,
+    on_device,
+    size_class,
 )
 
 MAX_LEVELS = 4
@@ -84,7 +86,7 @@ def _lookup_configs() -> list[triton.Config]:
     return [triton.Config({"BLOCK_CELLS": cells}, num_warps=warps) for cells in (4, 8, 16, 32) for warps in (2, 4, 8)]
 
 
-@triton.autotune(configs=_lookup_configs(), key=["NUM_LEVELS", "RADIUS"])
+@triton.autotune(configs=_lookup_configs(), key=["NUM_LEVELS", "RADIUS", "size_bucket"])
 @triton.jit
 def _corr_lookup_kernel(
     level0,
@@ -96,6 +98,7 @@ def _corr_lookup_kernel(
     height,
     width,  # the 1/8 grid
     num_cells,  # B * H * W
+    size_bucket,  # size_class(num_cells): for the autotuning key only
     stride_cb,
     stride_cc,
     stride_ch,
@@ -183,16 +186,18 @@ def corr_lookup(corr_pyramid: list[torch.Tensor], coords: torch.Tensor, radius: 
     def grid(meta):
         return (triton.cdiv(num_cells, meta["BLOCK_CELLS"]),)
 
-    wrap_triton(_corr_lookup_kernel)[grid](
-        *padded,
-        coords,
-        out,
-        height,
-        width,
-        num_cells,
-        *coords.stride(),
-        NUM_LEVELS=levels,
-        RADIUS=radius,
-        WINDOW_PAD=next_power_of_2((2 * radius + 1) ** 2),
-    )
+    with on_device(coords):
+        wrap_triton(_corr_lookup_kernel)[grid](
+            *padded,
+            coords,
+            out,
+            height,
+            width,
+            num_cells,
+            size_class(num_cells),
+            *coords.stride(),
+            NUM_LEVELS=levels,
+            RADIUS=radius,
+            WINDOW_PAD=next_power_of_2((2 * radius + 1) ** 2),
+        )
     return out

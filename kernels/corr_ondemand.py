@@ -27,6 +27,8 @@ from raft_engine.kernels._triton import (
     level_centre,
     load_cells,
     next_power_of_2,
+    on_device,
+    size_class,
 )
 from raft_engine.kernels.corr_lookup import MAX_LEVELS, sample_windows
 
@@ -78,15 +80,17 @@ def corr_ondemand_ref(
 def _ondemand_configs() -> list[triton.Config]:
     if interpreting():
         return [triton.Config({"BLOCK_CELLS": 64, "BLOCK_DIM": 64})]
+    # A program holds (cells, patch <= 128, block_dim) products: at most 64 per thread of 4 warps.
     return [
         triton.Config({"BLOCK_CELLS": cells, "BLOCK_DIM": block_dim}, num_warps=warps)
         for cells in (1, 2, 4)
         for block_dim in (16, 32, 64)
         for warps in (4, 8)
+        if cells * block_dim <= 64
     ]
 
 
-@triton.autotune(configs=_ondemand_configs(), key=["NUM_LEVELS", "RADIUS", "dim"])
+@triton.autotune(configs=_ondemand_configs(), key=["NUM_LEVELS", "RADIUS", "dim", "size_bucket"])
 @triton.jit
 def _corr_ondemand_kernel(
     fmap1,  # (B, H, W, D) contiguous
@@ -100,6 +104,7 @@ def _corr_ondemand_kernel(
     width,
     dim,
     num_cells,  # B * H * W
+    size_bucket,  # size_class(num_cells): for the autotuning key only
     scale,  # 1 / sqrt(D)
     stride_cb,
     stride_cc,
@@ -213,20 +218,22 @@ def corr_ondemand(
     def grid(meta):
         return (triton.cdiv(num_cells, meta["BLOCK_CELLS"]),)
 
-    wrap_triton(_corr_ondemand_kernel)[grid](
-        fmap1,
-        *padded,
-        coords,
-        out,
-        height,
-        width,
-        dim,
-        num_cells,
-        1.0 / math.sqrt(dim),
-        *coords.stride(),
-        NUM_LEVELS=levels,
-        RADIUS=radius,
-        PATCH_PAD=next_power_of_2((2 * radius + 2) ** 2),
-        WINDOW_PAD=next_power_of_2((2 * radius + 1) ** 2),
-    )
+    with on_device(coords):
+        wrap_triton(_corr_ondemand_kernel)[grid](
+            fmap1,
+            *padded,
+            coords,
+            out,
+            height,
+            width,
+            dim,
+            num_cells,
+            size_class(num_cells),
+            1.0 / math.sqrt(dim),
+            *coords.stride(),
+            NUM_LEVELS=levels,
+            RADIUS=radius,
+            PATCH_PAD=next_power_of_2((2 * radius + 2) ** 2),
+            WINDOW_PAD=next_power_of_2((2 * radius + 1) ** 2),
+        )
     return out

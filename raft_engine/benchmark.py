@@ -131,14 +131,18 @@ def matmul_peak_tflops(device: torch.device) -> float:
     return 2 * size**3 / (statistics.median(latencies) / 1000) / 1e12
 
 
-def count_flops(model, config: BenchConfig) -> float:
-    """FLOPs per pair of the configuration's computation, counted on the meta device."""
+def count_flops(config: BenchConfig) -> float:
+    """FLOPs per pair of the configuration's computation, counted on the meta device (no weights)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from raft_engine.config import RAFTConfig
     from raft_engine.engine import build_parts
     from raft_engine.inputs import Padder
+    from raft_engine.model import RAFT
 
-    meta = build_parts(model.to("meta"), "torch", torch.float32)[config.corr]
+    with torch.device("meta"):
+        model = RAFT(RAFTConfig.from_variant(config.variant)).eval()
+    meta = build_parts(model, "torch", torch.float32)[config.corr]
     height, width = Padder(config.height, config.width).padded_size
     image = torch.empty(1, 3, height, width, device="meta")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -146,19 +150,18 @@ def count_flops(model, config: BenchConfig) -> float:
     return float(counter.get_total_flops())
 
 
-_PAIRS: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+_PAIRS: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def scene_batch(batch: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(B, H, W, 3) uint8 generated pairs; at most two distinct scenes, repeated (timing does not care)."""
+def scene_batch(batch: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, H, W) uint8 generated pairs; at most two distinct scenes, repeated (timing does not care)."""
     key = (batch, height, width)
     if key not in _PAIRS:
-        from raft_engine.scenes import generate_pair
+        from raft_engine.scenes import scene_tensors
 
-        pairs = [generate_pair(seed, height, width) for seed in range(min(batch, 2))]
-        image1 = np.stack([pairs[i % len(pairs)].image1 for i in range(batch)])
-        image2 = np.stack([pairs[i % len(pairs)].image2 for i in range(batch)])
-        _PAIRS[key] = image1, image2
+        image1, image2, _ = scene_tensors(range(min(batch, 2)), height, width)
+        repeat = [i % image1.shape[0] for i in range(batch)]
+        _PAIRS[key] = image1[repeat].to(torch.uint8), image2[repeat].to(torch.uint8)
     return _PAIRS[key]
 
 
@@ -182,10 +185,7 @@ def _engine_runner(model, config: BenchConfig, device: torch.device):
         )
     else:
         raise ValueError(config.backend)
-    image1, image2 = (
-        torch.from_numpy(x).permute(0, 3, 1, 2).to(device)
-        for x in scene_batch(config.batch, config.height, config.width)
-    )
+    image1, image2 = (x.to(device) for x in scene_batch(config.batch, config.height, config.width))
     return lambda: engine(image1, image2, iters=config.iters)
 
 
@@ -223,9 +223,7 @@ def _ort_runner(model, config: BenchConfig, device: torch.device, workdir: Path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # CPU-placed nodes are recorded in the report, not warned about here
         session = OrtFlowSession(path, providers=provider)
-    image1, image2 = (
-        torch.from_numpy(x).permute(0, 3, 1, 2) for x in scene_batch(config.batch, config.height, config.width)
-    )
+    image1, image2 = scene_batch(config.batch, config.height, config.width)
     if provider != "cpu":
         image1, image2 = image1.to(device).float(), image2.to(device).float()
     return lambda: session(image1, image2)
@@ -253,8 +251,7 @@ def _torchvision_runner(model, config: BenchConfig, device: torch.device):
     peer = peer.eval().to(device)
     padder = Padder(config.height, config.width)
     image1, image2 = (
-        padder.pad(torch.from_numpy(x).permute(0, 3, 1, 2).float().to(device) / 127.5 - 1)
-        for x in scene_batch(config.batch, config.height, config.width)
+        padder.pad(x.float().to(device) / 127.5 - 1) for x in scene_batch(config.batch, config.height, config.width)
     )
 
     @torch.inference_mode()
@@ -375,7 +372,7 @@ def run_sweep(
                     references[key] = _engine_runner(model, reference_config, device)().float().cpu()
                 flops_key = (config.variant, config.height, config.width, config.iters, config.corr)
                 if flops_key not in flops:
-                    flops[flops_key] = count_flops(_load(config.variant, weights.get(config.variant))[0], config)
+                    flops[flops_key] = count_flops(config)
                 p50 = statistics.median(latencies)
                 pairs_per_s = config.batch / (p50 / 1000)
                 tflops = flops[flops_key] * pairs_per_s / 1e12

@@ -62,16 +62,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "first frame of each pair).",
     )
     flow.add_argument("frames", nargs="+", metavar="FRAME", help="two images, a list of images, or one folder")
-    source = flow.add_mutually_exclusive_group(required=True)
+    source = flow.add_mutually_exclusive_group()
     source.add_argument(
         "--weights",
         metavar="W",
-        help="checkpoint file (.pth/.pt/.safetensors, published or torchvision layout) or preset name",
+        help="checkpoint file (.pth/.pt/.safetensors, published or torchvision layout), preset name, or "
+        "builtin (the default: the package's own RAFT-small, offline)",
     )
     source.add_argument("--onnx", metavar="FILE", help="run an exported graph with ONNX Runtime instead")
     flow.add_argument(
         "--providers",
-        default="auto",
+        default=None,
         choices=("auto", "cuda", "tensorrt", "cpu"),
         help="with --onnx: ONNX Runtime execution provider (default: cuda if available)",
     )
@@ -89,18 +90,18 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     flow.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     flow.add_argument(
-        "--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="compute precision (default fp32)"
+        "--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="compute precision (default fp32)"
     )
     flow.add_argument("--padding", default="sintel", choices=("sintel", "kitti"), help="how to pad to a multiple of 8")
     flow.add_argument(
         "--backend",
-        default="auto",
+        default=None,
         choices=("auto", "torch", "triton"),
         help="Triton kernels or the PyTorch reference (default: triton on CUDA, torch on the CPU)",
     )
     flow.add_argument(
         "--corr",
-        default="auto",
+        default=None,
         choices=("auto", "volume", "ondemand"),
         help="dense correlation volume, or on-demand correlation in O(HW) memory "
         "(default: on-demand when the volume would exceed 2 GiB)",
@@ -129,7 +130,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("image1", metavar="IMG1")
     inspect.add_argument("image2", metavar="IMG2")
-    inspect.add_argument("--weights", required=True, metavar="W", help="checkpoint file or preset name")
+    inspect.add_argument(
+        "--weights",
+        default="builtin",
+        metavar="W",
+        help="checkpoint file or preset name (default: the built-in RAFT-small)",
+    )
     inspect.add_argument(
         "--pixel",
         action="append",
@@ -150,7 +156,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "export",
         help="export a model to ONNX with a fixed iteration count and input size, verified with ONNX Runtime",
     )
-    export.add_argument("--weights", required=True, metavar="W", help="checkpoint file or preset name")
+    export.add_argument(
+        "--weights",
+        default="builtin",
+        metavar="W",
+        help="checkpoint file or preset name (default: the built-in RAFT-small)",
+    )
     export.add_argument("--iters", type=int, default=12, metavar="N", help="unrolled iterations (default 12)")
     export.add_argument("--height", type=int, required=True, metavar="H", help="input height, a multiple of 8")
     export.add_argument("--width", type=int, required=True, metavar="W", help="input width, a multiple of 8")
@@ -162,6 +173,19 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("--flow-low", action="store_true", help="also output the 1/8-resolution flow")
     export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check against PyTorch")
 
+    demo = commands.add_parser(
+        "demo",
+        help="flow of a generated pair with the built-in model, beside the exact flow, and its error",
+        description="Generate a held-out pair (never used in training), estimate its flow and write the two frames, "
+        "the flow, the ground truth and all four side by side; print the end-point error.",
+    )
+    demo.add_argument("-o", "--output", default="demo", metavar="DIR", help="output folder (default demo/)")
+    demo.add_argument("--seed", type=int, default=2026, help="scene seed, below 1000000 (default 2026)")
+    demo.add_argument("--height", type=int, default=384)
+    demo.add_argument("--width", type=int, default=512)
+    demo.add_argument("--iters", type=int, default=12)
+    demo.add_argument("--weights", default="builtin", metavar="W", help="default: the built-in RAFT-small")
+    demo.add_argument("--device", default=None, metavar="D")
     commands.add_parser("bench", help="benchmark configurations (options: raft-engine bench --help)", add_help=False)
     presets = commands.add_parser("presets", help="list the named weights and whether they are cached")
     presets.set_defaults(command="presets")
@@ -203,12 +227,25 @@ def _run_flow(args: argparse.Namespace) -> None:
             for frame in frames[:-1]
         ]
 
+    if not single_pair:
+        stems = [frame.stem for frame in frames[:-1]]
+        clashes = sorted({stem for stem in stems if stems.count(stem) > 1})
+        if clashes:
+            raise UserError(
+                f"several frames are named {clashes[0]!r} (in other folders or formats); their flows "
+                "would overwrite each other in the output folder"
+            )
     if args.onnx:
         from raft_engine.export import OrtFlowSession
 
+        given = [
+            f"--{name}" for name in ("device", "dtype", "backend", "corr", "variant") if getattr(args, name) is not None
+        ]
+        if given:
+            raise UserError(f"{', '.join(given)} do(es) not apply with --onnx: the exported graph fixes them")
         if args.warm_start:
             raise UserError("--warm-start is not available with --onnx: the exported graph has no flow_init input")
-        session = OrtFlowSession(args.onnx, providers=args.providers, padding=args.padding)
+        session = OrtFlowSession(args.onnx, providers=args.providers or "auto", padding=args.padding)
         exported_iters = int(session.metadata["raft_engine.iterations"])
         if args.iters is not None and args.iters != exported_iters:
             raise UserError(f"{args.onnx} was exported with {exported_iters} iterations, not --iters {args.iters}")
@@ -220,10 +257,17 @@ def _run_flow(args: argparse.Namespace) -> None:
         variant = session.metadata["raft_engine.variant"]
         describe = f"ONNX Runtime {session.providers[0]}"
     else:
+        if args.providers is not None:
+            raise UserError("--providers applies with --onnx only")
         args.iters = args.iters or 12
-        model = load_model(args.weights, variant=args.variant)
+        model = load_model(args.weights or "builtin", variant=args.variant)
         engine = FlowEngine(
-            model, device=args.device, dtype=args.dtype, padding=args.padding, backend=args.backend, corr=args.corr
+            model,
+            device=args.device,
+            dtype=args.dtype,
+            padding=args.padding,
+            backend=args.backend or "auto",
+            corr=args.corr or "auto",
         )
 
         def estimate(image1, image2, flow_init):
@@ -309,10 +353,69 @@ def _run_export(args: argparse.Namespace) -> None:
     print(report)
 
 
+def _run_demo(args: argparse.Namespace) -> None:
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from raft_engine.engine import FlowEngine
+    from raft_engine.io import write_flo, write_image
+    from raft_engine.scenes import TRAINING_SEED_START, generate_pair
+    from raft_engine.viz import flow_to_color
+    from raft_engine.weights import load_model
+
+    if not 0 <= args.seed < TRAINING_SEED_START:
+        raise UserError(f"--seed must be in 0..{TRAINING_SEED_START - 1}: larger seeds are the training data's")
+    if args.iters < 1:
+        raise UserError(f"--iters must be >= 1, got {args.iters}")
+    if min(args.height, args.width) < 121:
+        raise UserError(
+            f"--height and --width must be at least 121 (RAFT needs 128 after padding), got {args.height}x{args.width}"
+        )
+    pair = generate_pair(args.seed, args.height, args.width)
+    engine = FlowEngine(load_model(args.weights), device=args.device)
+    start = time.perf_counter()
+    flow = engine(pair.image1, pair.image2, iters=args.iters)[0].permute(1, 2, 0).cpu().numpy()
+    elapsed = time.perf_counter() - start
+    error = np.linalg.norm(flow - pair.flow, axis=2)
+    largest = float(np.linalg.norm(pair.flow, axis=2).max())
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    shown = {
+        "frame1.png": pair.image1,
+        "frame2.png": pair.image2,
+        "flow.png": flow_to_color(flow, max_magnitude=largest),
+        "truth.png": flow_to_color(pair.flow, largest),
+    }
+    for name, image in shown.items():
+        write_image(out / name, image)
+    write_flo(out / "flow.flo", flow)
+    write_flo(out / "truth.flo", pair.flow)
+    sheet = Image.new("RGB", (2 * args.width + 10, 2 * args.height + 50), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, (name, caption) in enumerate(
+        (
+            ("frame1.png", "frame 1"),
+            ("frame2.png", "frame 2"),
+            ("flow.png", f"estimated flow (EPE {error.mean():.2f} px)"),
+            ("truth.png", "ground truth"),
+        )
+    ):
+        x, y = (i % 2) * (args.width + 10), (i // 2) * (args.height + 25)
+        sheet.paste(Image.fromarray(shown[name]), (x, y + 20))
+        draw.text((x + 4, y + 4), caption, fill=(0, 0, 0))
+    sheet.save(out / "demo.png")
+    print(
+        f"seed {args.seed}, {args.height}x{args.width}, displacements up to {largest:.0f} px: "
+        f"EPE {error.mean():.2f} px, {100 * (error < 1).mean():.0f}% of pixels within 1 px "
+        f"({engine.config.variant}, {args.iters} iterations, {engine.device}, {elapsed:.2f} s); wrote {out}/demo.png"
+    )
+
+
 def _run_presets() -> None:
     from raft_engine.weights import PRESETS, cache_dir
 
     folder = cache_dir()
+    print(f"{'builtin':22s} RAFT-small in package  this project's own, trained on generated scenes (offline)")
     for preset in PRESETS.values():
         cached = "cached" if (folder / preset.filename).is_file() else "not cached"
         print(f"{preset.name:22s} RAFT-{preset.variant:5s} {cached:10s} {preset.description}")
@@ -338,13 +441,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "flow":
             _run_flow(args)
+        elif args.command == "demo":
+            _run_demo(args)
         elif args.command == "export":
             _run_export(args)
         elif args.command == "inspect":
             _run_inspect(args)
         elif args.command == "presets":
             _run_presets()
-    except (UserError, ValueError, TypeError, OSError) as error:
+    except (UserError, ValueError, OSError) as error:
         print(f"raft-engine: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

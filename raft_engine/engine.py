@@ -12,7 +12,7 @@ import torch
 
 from raft_engine.compiled import CompiledForward
 from raft_engine.correlation import dense_pyramid_bytes
-from raft_engine.inputs import Padder, check_pair, to_image_batch
+from raft_engine.inputs import Padder, check_padding, check_pair, to_image_batch
 from raft_engine.model import RAFT
 
 log = logging.getLogger(__name__)
@@ -50,15 +50,21 @@ def parse_device(device) -> torch.device:
         raise ValueError(
             f"device {str(device)!r} requested, but CUDA is not available (torch.cuda.is_available() is False)"
         )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} requested, but there are {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
+def positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
 def check_iters(iters) -> int:
-    if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)):
-        raise TypeError(f"iters must be an integer, got {type(iters).__name__}")
-    if iters < 1:
-        raise ValueError(f"iters must be >= 1, got {iters}")
-    return int(iters)
+    return positive_int("iters", iters)
 
 
 @dataclass(frozen=True)
@@ -162,8 +168,7 @@ class FlowEngine:
     ) -> None:
         if not isinstance(model, RAFT):
             raise TypeError(f"model must be a raft_engine.RAFT (see load_model), got {type(model).__name__}")
-        if padding not in ("sintel", "kitti"):
-            raise ValueError(f"unknown padding {padding!r}; expected 'sintel' or 'kitti'")
+        check_padding(padding)
         if corr not in CORR_MODES:
             raise ValueError(f"unknown corr {corr!r}; expected one of {CORR_MODES}")
         if isinstance(corr_budget, bool) or not isinstance(corr_budget, (int, float)) or not corr_budget > 0:

@@ -99,6 +99,11 @@ def _check_range(tensor: torch.Tensor, name: str) -> None:
         )
 
 
+def check_padding(mode: str) -> None:
+    if mode not in PADDING_MODES:
+        raise ValueError(f"unknown padding {mode!r}; expected one of {PADDING_MODES}")
+
+
 def check_pair(image1: torch.Tensor, image2: torch.Tensor) -> None:
     if image1.shape[0] != image2.shape[0]:
         raise ValueError(f"batch sizes differ: image1 has {image1.shape[0]} images, image2 has {image2.shape[0]}")
@@ -121,8 +126,7 @@ class Padder:
     mode: str = "sintel"
 
     def __post_init__(self) -> None:
-        if self.mode not in PADDING_MODES:
-            raise ValueError(f"unknown padding mode {self.mode!r}; expected one of {PADDING_MODES}")
+        check_padding(self.mode)
 
     @property
     def pads(self) -> tuple[int, int, int, int]:

@@ -235,6 +235,18 @@ def _photometric(rng: np.random.Generator, frames: list[torch.Tensor]) -> list[n
     return out
 
 
+def scene_tensors(
+    seeds, height: int, width: int, max_displacement: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pairs of `seeds` as tensors: image1, image2 (B, 3, H, W) float32 in 0..255, flow (B, 2, H, W)."""
+    pairs = [generate_pair(seed, height, width, max_displacement=max_displacement) for seed in seeds]
+
+    def stack(arrays):
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().contiguous()
+
+    return stack([p.image1 for p in pairs]), stack([p.image2 for p in pairs]), stack([p.flow for p in pairs])
+
+
 def generate_pair(
     seed: int, height: int = 384, width: int = 512, max_displacement: float | None = None, photometric: bool = True
 ) -> ScenePair:

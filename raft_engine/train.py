@@ -11,6 +11,7 @@ bf16 autocast on CUDA; float32 on the CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -24,8 +25,8 @@ import numpy as np
 import torch
 
 from raft_engine.config import RAFTConfig
-from raft_engine.model import RAFT
-from raft_engine.scenes import TRAINING_SEED_START, generate_pair
+from raft_engine.model import RAFT, coords_grid
+from raft_engine.scenes import TRAINING_SEED_START, scene_tensors
 
 SEEDS_PER_RUN = 10**9  # training seeds of run `seed`: TRAINING_SEED_START + seed * SEEDS_PER_RUN + k
 
@@ -76,24 +77,37 @@ def sequence_loss(
     return loss, metrics
 
 
-def training_predictions(model: RAFT, image1: torch.Tensor, image2: torch.Tensor, iters: int) -> list[torch.Tensor]:
-    """Upsampled flow after every iteration; coordinates detached between iterations, as published."""
-    corr_state, net, inp, coords0, coords1 = model.prepare(image1, image2)
+def training_predictions(
+    model: RAFT, image1: torch.Tensor, image2: torch.Tensor, iters: int, autocast=None
+) -> list[torch.Tensor]:
+    """Upsampled flow after every iteration; coordinates detached between iterations, as published.
+
+    autocast (a torch.autocast context, for mixed precision) covers the encoders and the update
+    block only: the correlation volume is built and looked up in float32, as in the published code.
+    """
+    autocast = autocast or contextlib.nullcontext()
+    with autocast:
+        fmap1, fmap2, net, inp = model.encode(image1, image2)
+    corr_state = model.correlation.build(fmap1.float(), fmap2.float())
+    batch, _, height, width = fmap1.shape
+    coords0 = coords_grid(batch, height, width, fmap1.device)
+    coords1 = coords0
     predictions = []
     for _ in range(iters):
-        net, coords1 = model.step(corr_state, net, inp, coords0, coords1.detach())
-        predictions.append(model.upsample(coords1 - coords0, net))
+        coords1 = coords1.detach()
+        corr = model.correlation.lookup(corr_state, coords1)
+        with autocast:
+            net, delta_flow = model.update_block(net, inp, corr, coords1 - coords0)
+            up_mask = model.update_block.up_mask(net)
+        coords1 = coords1 + delta_flow.float()
+        predictions.append(model.upsampler(coords1 - coords0, None if up_mask is None else up_mask.float()))
     return predictions
 
 
 def scene_batch(seeds: list[int], height: int, width: int, max_displacement: float, device: torch.device):
-    """-> image1, image2 (B, 3, H, W) float 0..255 and flow (B, 2, H, W), on `device`."""
-    pairs = [generate_pair(s, height, width, max_displacement=max_displacement * width) for s in seeds]
-
-    def stack(arrays):
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().to(device)
-
-    return stack([p.image1 for p in pairs]), stack([p.image2 for p in pairs]), stack([p.flow for p in pairs])
+    """-> image1, image2 (B, 3, H, W) float 0..255 and flow (B, 2, H, W), on `device`.
+    max_displacement: as a fraction of the width."""
+    return tuple(t.to(device) for t in scene_tensors(seeds, height, width, max_displacement * width))
 
 
 @torch.no_grad()
@@ -148,7 +162,11 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | None = 
         step, elapsed = state["step"], state["elapsed"]
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with open(run_dir / "log.jsonl", "a") as log:
+    log_path = run_dir / "log.jsonl"
+    if log_path.is_file():  # steps after the last checkpoint are redone: drop their lines
+        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        log_path.write_text("".join(line + "\n" for line in kept))
+    with open(log_path, "a") as log:
         while step < config.steps:
             start = time.perf_counter()
             first = TRAINING_SEED_START + config.seed * SEEDS_PER_RUN + step * config.batch_size
@@ -159,8 +177,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | None = 
                 config.max_displacement,
                 device,
             )
-            with autocast:
-                predictions = training_predictions(model, image1, image2, config.iters)
+            predictions = training_predictions(model, image1, image2, config.iters, autocast)
             loss, metrics = sequence_loss([p.float() for p in predictions], flow, config.gamma, config.max_flow)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -208,16 +225,60 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | None = 
     return model.eval()
 
 
+# The held-out set the built-in model is judged on: seeds the training never draws, at 384x512 where
+# objects move up to 77 px (generate_pair's default), 12 iterations.
+HELD_OUT = {"seeds": list(range(8)), "height": 384, "width": 512, "iters": 12}
+
+
+def held_out_epe(model: RAFT, device="cpu", seeds=None) -> float:
+    """Mean end-point error (px) of `model` on the held-out generated pairs."""
+    seeds = HELD_OUT["seeds"] if seeds is None else seeds
+    return evaluate(model.to(device), seeds, HELD_OUT["height"], HELD_OUT["width"], HELD_OUT["iters"], device)
+
+
+def package(
+    run_dir: str | os.PathLike, destination: str | os.PathLike, dtype: torch.dtype = torch.float16, notes=None
+) -> dict:
+    """Write a finished run's weights (as `dtype`) and its record (with `notes`) to
+    destination/builtin-small.{pth,json}."""
+    run_dir, destination = Path(run_dir), Path(destination)
+    state = torch.load(run_dir / "checkpoint.pth", map_location="cpu", weights_only=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if state["step"] != state["config"]["steps"]:
+        raise ValueError(f"{run_dir} stopped at step {state['step']} of {state['config']['steps']}; finish it first")
+    if state["config"]["variant"] != "small":
+        raise ValueError(f"the built-in model is a RAFT-small; {run_dir} trained RAFT-{state['config']['variant']}")
+    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state["model"].items()}
+    destination.mkdir(parents=True, exist_ok=True)
+    torch.save(weights, destination / "builtin-small.pth")
+    model = RAFT(RAFTConfig.from_variant(state["config"]["variant"]))
+    model.load_state_dict(weights)  # as the package will load them: stored dtype, into float32
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    record = {
+        **summary,
+        "stored_dtype": str(dtype).removeprefix("torch."),
+        "held_out": {**HELD_OUT, "epe": round(held_out_epe(model.eval()), 4)},
+        "validation_epe": [{"step": r["step"], "epe": round(r["val_epe"], 4)} for r in log if "val_epe" in r],
+        **(notes or {}),
+    }
+    (destination / "builtin-small.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m raft_engine.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="folder for the checkpoint and the log; an existing run resumes")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--package", metavar="DIR", help="when the run is complete, write DIR/builtin-small.{pth,json}")
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         parser.add_argument(flag, type=type(field.default), default=field.default)
     args = parser.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     train(TrainConfig(**values), args.run_dir, args.device)
+    if args.package:
+        record = package(args.run_dir, args.package)
+        print(f"wrote {args.package}/builtin-small.pth; held-out EPE {record['held_out']['epe']} px")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,24 @@ PRESETS: dict[str, WeightsPreset] = {
 
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
+# The project's own RAFT-small, trained on generated scenes (raft_engine.scenes); how it was
+# trained is recorded beside it in builtin-small.json.
+BUILTIN = "builtin"
+
+
+def builtin_path() -> Path:
+    path = Path(__file__).parent / "data" / "builtin-small.pth"
+    if not path.is_file():
+        raise FileNotFoundError(f"the built-in weights are missing from this installation ({path})")
+    return path
+
+
+def builtin_record() -> dict:
+    """How the built-in weights were trained: data seeds, steps, time, device, held-out EPE."""
+    import json
+
+    return json.loads((Path(__file__).parent / "data" / "builtin-small.json").read_text())
+
 
 def cache_dir() -> Path:
     """`RAFT_ENGINE_CACHE`, default ~/.cache/raft_engine."""
@@ -380,20 +398,23 @@ def load_model(source: str | os.PathLike | Mapping[str, torch.Tensor], variant: 
     """A RAFT model in eval mode (CPU, float32) with the weights of `source`.
 
     source: a checkpoint path (.pth/.pt; .safetensors with the `safetensors` package), a state dict
-        in the published layout (with or without 'module.') or torchvision's, or a preset name from
-        `PRESETS` (downloaded into the cache on first use).
+        in the published layout (with or without 'module.') or torchvision's, "builtin" (the
+        RAFT-small shipped in the package, trained by this project on generated scenes; works
+        offline), or a preset name from `PRESETS` (downloaded into the cache on first use).
     variant: "large" or "small"; inferred from the shapes when None, checked against them otherwise.
     """
     if isinstance(source, Mapping):
         state_dict = _as_state_dict(source, "state dict")
     else:
         path = Path(source)
-        if not path.is_file() and isinstance(source, str) and source in PRESETS:
+        if not path.is_file() and source == BUILTIN:
+            path = builtin_path()
+        elif not path.is_file() and isinstance(source, str) and source in PRESETS:
             path = fetch_preset(source)
         elif not path.is_file():
             raise FileNotFoundError(
-                f"no checkpoint file {str(source)!r}, and it is not a preset name either "
-                f"(presets: {', '.join(PRESETS)})"
+                f"no checkpoint file {str(source)!r}, and it is not a weights name either "
+                f"({BUILTIN!r}, or a preset: {', '.join(PRESETS)})"
             )
         state_dict = read_checkpoint(path)
     variant, state_dict = to_native(state_dict, variant)

@@ -122,10 +122,21 @@ def test_user_mistakes_are_one_line(workdir, tmp_path, capsys):
         (["flow", frames / "notes.txt", pair[0], "--weights", weights, "--device", "cpu"], "cannot read image"),
         (["flow", *pair, "--weights", weights, "--variant", "large"], "variant='large' was requested"),
         (["flow", *pair, "--weights", weights, "--device", "tpu9"], "unknown device"),
+        (["flow", *pair, "--weights", weights, "--providers", "cpu"], "--providers applies with --onnx only"),
+        (["flow", *pair, "--onnx", tmp_path / "x.onnx", "--dtype", "fp16"], "--dtype do(es) not apply with --onnx"),
     ]
     for args, message in cases:
         code, _, err = _run(args, capsys)
         assert message in _one_line_error(code, err), args
+
+
+def test_sequence_outputs_must_not_overwrite_each_other(workdir, tmp_path, capsys):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.open(workdir / "frames" / "frame_9.png").save(tmp_path / folder / "x.png")
+    frames = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", workdir / "frames" / "frame_10.png"]
+    code, _, err = _run(["flow", *frames, "--weights", workdir / "raft-small.pth", "-o", tmp_path / "out"], capsys)
+    assert "several frames are named 'x'" in _one_line_error(code, err)
 
 
 def test_too_small_images(workdir, tmp_path, capsys):

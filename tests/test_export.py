@@ -121,9 +121,13 @@ def test_verification_catches_a_wrong_graph(tmp_path, official_small, monkeypatc
         relative, max_abs = original(*args)
         return relative + 1.0, max_abs
 
+    export_onnx(official_small, tmp_path / "x.onnx", iters=1, height=128, width=160)
+    good = (tmp_path / "x.onnx").read_bytes()
     monkeypatch.setattr(onnx_export, "_verify", skewed)
-    with pytest.raises(ExportError, match="differs from PyTorch's"):
-        export_onnx(official_small, tmp_path / "x.onnx", iters=1, height=128, width=160)
+    with pytest.raises(ExportError, match="differs from PyTorch's.*nothing was written"):
+        export_onnx(official_small, tmp_path / "x.onnx", iters=2, height=128, width=160)
+    assert (tmp_path / "x.onnx").read_bytes() == good  # the earlier good export is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["x.onnx"]  # and no partial file is left
 
 
 def test_session_errors(exported, reference, tmp_path):

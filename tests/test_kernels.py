@@ -232,3 +232,52 @@ def test_cpu_tensors_without_the_interpreter_are_refused():
     first, second = done.stdout.strip().splitlines()
     assert "TRITON_INTERPRET=1" in first and "convex_upsample" in first
     assert "backend='triton' on the CPU" in second
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_every_autotune_configuration_is_correct():
+    """Autotuning picks one configuration per shape; each of them must compute the same function."""
+    import raft_engine.kernels.convex_upsample as upsample_module
+    import raft_engine.kernels.corr_lookup as lookup_module
+    import raft_engine.kernels.corr_ondemand as ondemand_module
+
+    generator = torch.Generator().manual_seed(11)
+    fmap1, fmap2 = (f.cuda() for f in features(2, 64, 17, 23, generator))
+    coords = make_coords(2, 17, 23, generator).cuda()
+    pyramid = correlation_pyramid(all_pairs_correlation(fmap1, fmap2), LEVELS)
+    lookup_judge = corr_lookup_ref([level.double() for level in pyramid], coords.double(), 4)
+    features1 = fmap1.permute(0, 2, 3, 1).contiguous()
+    pooled = [level.permute(0, 2, 3, 1).contiguous() for level in pooled_pyramid(fmap2, LEVELS)]
+    flow = 5 * torch.randn(2, 2, 17, 23, generator=generator).cuda()
+    up_mask = 3 * torch.randn(2, 576, 17, 23, generator=generator).cuda()
+    cases = [
+        (
+            lookup_module._corr_lookup_kernel,
+            lambda: corr_lookup(pyramid, coords, 4),
+            lookup_judge,
+            corr_lookup_ref(pyramid, coords, 4),
+        ),
+        (
+            ondemand_module._corr_ondemand_kernel,
+            lambda: corr_ondemand(features1, pooled, coords, 4),
+            lookup_judge,
+            corr_ondemand_ref(features1, pooled, coords, 4),
+        ),
+        (
+            upsample_module._convex_upsample_kernel,
+            lambda: convex_upsample(flow, up_mask),
+            convex_upsample_ref(flow.double(), up_mask.double()),
+            convex_upsample_ref(flow, up_mask),
+        ),
+    ]
+    for autotuner, run, judge, reference in cases:
+        configs = list(autotuner.configs)
+        try:
+            for config in configs:
+                autotuner.configs = [config]  # a single configuration is launched without benchmarking
+                autotuner.cache.clear()
+                assert_as_exact_as_reference(run(), reference, judge)
+        finally:
+            autotuner.configs = configs
+            autotuner.cache.clear()

@@ -24,12 +24,12 @@ def test_sequence_loss_weights_and_max_flow():
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
     config = TrainConfig(
-        steps=3,
+        steps=4,
         batch_size=1,
         height=128,
         width=128,
         iters=2,
-        checkpoint_every=1,
+        checkpoint_every=2,
         validate_every=2,
         validation_pairs=1,
         threads=1,
@@ -40,24 +40,49 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
     calls = {"count": 0}
 
     def failing(*args, **kwargs):
+        # Calls: step 1, step 2, validation at 2, step 3, step 4: fail at step 4, after step 3 was
+        # logged but not checkpointed.
         calls["count"] += 1
-        if calls["count"] == 3:
+        if calls["count"] == 5:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
     monkeypatch.setattr(training, "scene_batch", failing)
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "resumed", device="cpu")
+    logged = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3]
     monkeypatch.setattr(training, "scene_batch", original)
     resumed = train(config, tmp_path / "resumed", device="cpu")
 
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0, msg=key)
     log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2, 3]
-    assert "val_epe" in log[1]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]  # step 3 redone once, logged once
+    assert "val_epe" in log[1] and "val_epe" in log[3]
     summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
-    assert summary["steps"] == 3 and summary["config"]["height"] == 128
+    assert summary["steps"] == 4 and summary["config"]["height"] == 128
+
+
+def test_package_writes_the_weights_and_their_record(tmp_path):
+    from raft_engine import load_model
+    from raft_engine.train import HELD_OUT, package
+
+    config = TrainConfig(steps=1, batch_size=1, height=128, width=128, iters=1, validation_pairs=1, threads=1)
+    trained = train(config, tmp_path / "run", device="cpu")
+    record = package(tmp_path / "run", tmp_path / "out", notes={"code": "test"})
+    assert record["steps"] == 1 and record["code"] == "test" and record["stored_dtype"] == "float16"
+    assert record["held_out"]["seeds"] == HELD_OUT["seeds"] and record["held_out"]["epe"] > 0
+    assert json.loads((tmp_path / "out" / "builtin-small.json").read_text()) == record
+    packaged = load_model(tmp_path / "out" / "builtin-small.pth")
+    for key, value in trained.state_dict().items():
+        torch.testing.assert_close(packaged.state_dict()[key], value.half().float(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="stopped at step 1 of 2"):
+        train_config = TrainConfig(**{**config.__dict__, "steps": 2})
+        state = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+        state["config"] = train_config.__dict__
+        torch.save(state, tmp_path / "run" / "checkpoint.pth")
+        package(tmp_path / "run", tmp_path / "out2")
 
 
 def test_changed_configuration_is_refused(tmp_path):

@@ -137,7 +137,7 @@ def test_checkpoints_never_execute_code(tmp_path, monkeypatch):
 
 
 def test_file_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a preset name either"):
+    with pytest.raises(FileNotFoundError, match="not a weights name either"):
         load_model(tmp_path / "missing.pth")
     with pytest.raises(FileNotFoundError, match="raft-large-things"):
         load_model("raft-huge")
