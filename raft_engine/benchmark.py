@@ -309,6 +309,12 @@ def _load(variant: str, weights: str | None):
     return RAFT(RAFTConfig.from_variant(variant)).eval(), "random (seed 0)"
 
 
+MEASURED = (
+    "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "pairs_per_s", "warmup_s", "peak_mem_mb",
+    "gflop_per_pair", "tflops", "fraction_of_bf16_peak", "epe_vs_fp32", "runs",
+)  # fmt: skip
+
+
 def run_sweep(
     configs: list[BenchConfig], device: torch.device, weights: dict, warmup: int, runs: int, progress: bool = True
 ) -> list[dict]:
@@ -329,7 +335,8 @@ def run_sweep(
     with tempfile.TemporaryDirectory(prefix="raft-bench-") as workdir:
         for config in tqdm(configs, desc="bench", unit="config", disable=not progress, file=sys.stderr):
             model, weights_used = models[config.variant]
-            record = {**asdict(config), **common, "weights": weights_used, "status": "ok"}
+            # Every record has every measured key; they stay None when the configuration did not run.
+            record = {**asdict(config), **common, "weights": weights_used, "status": "ok", **dict.fromkeys(MEASURED)}
             try:
                 if config.backend in ("torch", "triton", "compiled", "compiled+graphs"):
                     if config.backend == "triton" and device.type != "cuda":
@@ -443,7 +450,7 @@ def table(records: list[dict]) -> str:
                 _cell(r, "peak_mem_mb", "{:.0f}"),
                 _cell(r, "gflop_per_pair", "{:.0f}"),
                 _cell(r, "tflops", "{:.2f}"),
-                _cell({**r, "percent": 100 * r.get("fraction_of_bf16_peak", 0)}, "percent", "{:.1f}"),
+                _cell({**r, "percent": 100 * (r.get("fraction_of_bf16_peak") or 0)}, "percent", "{:.1f}"),
                 _cell(r, "epe_vs_fp32", "{:.4f}"),
                 r["status"],
             ]

@@ -422,6 +422,14 @@ def _run_presets() -> None:
     print(f"cache: {folder} (RAFT_ENGINE_CACHE)")
 
 
+# Optional packages some commands need, and how to get them.
+_OPTIONAL = {
+    "onnx": "pip install 'raft-engine[onnx]'",
+    "onnxscript": "pip install 'raft-engine[onnx]'",
+    "onnxruntime": "pip install onnxruntime-gpu (or the CPU-only onnxruntime)",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # the benchmark has its own options: python bench.py --help
@@ -451,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
             _run_presets()
     except (UserError, ValueError, OSError) as error:
         print(f"raft-engine: error: {error}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as error:
+        if error.name not in _OPTIONAL:
+            raise
+        print(f"raft-engine: error: {args.command} needs {error.name}: {_OPTIONAL[error.name]}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("raft-engine: interrupted", file=sys.stderr)

@@ -187,3 +187,14 @@ def test_console_script_runs(workdir, tmp_path):
         [sys.executable, "-m", "raft_engine.cli", "presets"], capture_output=True, text=True, timeout=120
     )
     assert listed.returncode == 0 and "raft-large-things" in listed.stdout
+
+
+def test_missing_optional_package_is_one_line(workdir, tmp_path, capsys, monkeypatch):
+    pair = [workdir / "frames" / "frame_9.png", workdir / "frames" / "frame_10.png"]
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ModuleNotFoundError
+    code, _, err = _run(["flow", *pair, "--onnx", tmp_path / "x.onnx"], capsys)
+    assert "flow needs onnxruntime: pip install onnxruntime-gpu" in _one_line_error(code, err)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    code, _, err = _run(["export", "--weights", workdir / "raft-small.pth", "--height", 128, "--width", 160,
+                         "-o", tmp_path / "x.onnx"], capsys)  # fmt: skip
+    assert "export needs onnx: pip install 'raft-engine[onnx]'" in _one_line_error(code, err)

@@ -95,6 +95,21 @@ def test_corr_lookup_non_contiguous_coords(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_corr_ondemand_non_contiguous_coords(device):
+    generator = torch.Generator().manual_seed(2)
+    fmap1, fmap2 = (f.to(device) for f in features(2, 32, 17, 23, generator))
+    features1 = fmap1.permute(0, 2, 3, 1).contiguous()
+    pyramid = [level.permute(0, 2, 3, 1).contiguous() for level in pooled_pyramid(fmap2, LEVELS)]
+    coords = make_coords(2, 17, 23, generator).to(device)
+    strided = coords.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # channels-last strides
+    sliced = torch.stack([coords, -coords], dim=-1).flatten(-2)[..., ::2]  # stride 2 along x
+    for weird in (strided, sliced):
+        assert not weird.is_contiguous()
+        expected = corr_ondemand_ref(features1, pyramid, coords, 4)
+        torch.testing.assert_close(corr_ondemand(features1, pyramid, weird, 4), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch, height, width, radius", [(2, 17, 23, 4), (1, 55, 128, 3), (3, 16, 20, 4)])
 @pytest.mark.parametrize("storage", [torch.float32, torch.float16, torch.bfloat16])
 def test_corr_ondemand_equals_the_dense_lookup(batch, height, width, radius, storage, device):
