@@ -180,7 +180,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "the flow, the ground truth and all four side by side; print the end-point error.",
     )
     demo.add_argument("-o", "--output", default="demo", metavar="DIR", help="output folder (default demo/)")
-    demo.add_argument("--seed", type=int, default=2026, help="scene seed, below 1000000 (default 2026)")
+    demo.add_argument(
+        "--seed", type=int, default=3, help="scene seed, below 1000000 (default 3: a held-out pair of typical error)"
+    )
     demo.add_argument("--height", type=int, default=384)
     demo.add_argument("--width", type=int, default=512)
     demo.add_argument("--iters", type=int, default=12)

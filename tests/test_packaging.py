@@ -32,6 +32,7 @@ def test_regular_install_maps_kernels_into_the_package(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "raft_engine/kernels/corr_lookup.py" in names
     assert "raft_engine/export/onnx_export.py" in names
+    assert {"raft_engine/data/builtin-small.pth", "raft_engine/data/builtin-small.json"} <= set(names)
     assert not any(name.startswith(("kernels/", "export/", "tests/")) for name in names)
 
     target = tmp_path / "site"
@@ -44,7 +45,8 @@ def test_regular_install_maps_kernels_into_the_package(tmp_path):
     assert installed.returncode == 0, installed.stderr
     probe = (
         "import raft_engine.kernels.corr_lookup as m, raft_engine.export.onnx_export, importlib.util as u; "
-        "print(m.__file__); print(u.find_spec('kernels'), u.find_spec('export'))"
+        "print(m.__file__); print(u.find_spec('kernels'), u.find_spec('export')); "
+        "from raft_engine.weights import builtin_path, load_model; load_model('builtin'); print(builtin_path())"
     )
     # -I: isolated mode, neither the repository nor the editable install is on the path.
     done = subprocess.run(
@@ -55,8 +57,8 @@ def test_regular_install_maps_kernels_into_the_package(tmp_path):
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    module_file, top_level = done.stdout.splitlines()
-    assert Path(module_file).is_relative_to(target)
+    module_file, top_level, builtin = done.stdout.splitlines()
+    assert Path(module_file).is_relative_to(target) and Path(builtin).is_relative_to(target)
     assert top_level == "None None"
 
 
