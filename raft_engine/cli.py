@@ -373,8 +373,8 @@ def _run_demo(args: argparse.Namespace) -> None:
         raise UserError(
             f"--height and --width must be at least 121 (RAFT needs 128 after padding), got {args.height}x{args.width}"
         )
-    pair = generate_pair(args.seed, args.height, args.width)
     engine = FlowEngine(load_model(args.weights), device=args.device)
+    pair = generate_pair(args.seed, args.height, args.width)
     start = time.perf_counter()
     flow = engine(pair.image1, pair.image2, iters=args.iters)[0].permute(1, 2, 0).cpu().numpy()
     elapsed = time.perf_counter() - start
@@ -426,8 +426,8 @@ def _run_presets() -> None:
 
 # Optional packages some commands need, and how to get them.
 _OPTIONAL = {
-    "onnx": "pip install 'raft-engine[onnx]'",
-    "onnxscript": "pip install 'raft-engine[onnx]'",
+    "onnx": "pip install onnx onnxscript (the project's [onnx] extra)",
+    "onnxscript": "pip install onnx onnxscript (the project's [onnx] extra)",
     "onnxruntime": "pip install onnxruntime-gpu (or the CPU-only onnxruntime)",
 }
 

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     train(TrainConfig(**values), args.run_dir, args.device)
     if args.package:
-        command = "python -m raft_engine.train " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = "python -m raft_engine.train " + shlex.join(sys.argv[1:] if argv is None else argv)
         record = package(args.run_dir, args.package, notes={"command": command})
         print(f"wrote {args.package}/builtin-small.pth; held-out EPE {record['held_out']['epe']} px")
 

@@ -70,7 +70,7 @@ def test_builtin_loads_offline_with_its_record(builtin):
     assert record["steps"] == record["config"]["steps"]
     for key in ("training_seeds", "training_seconds", "device", "torch", "stored_dtype", "validation_epe"):
         assert key in record, key
-    assert record["held_out"]["seeds"] == HELD_OUT["seeds"]
+    assert {k: v for k, v in record["held_out"].items() if k != "epe"} == HELD_OUT
     first_training_seed = int(record["training_seeds"].split()[0])
     assert first_training_seed >= TRAINING_SEED_START > max(HELD_OUT["seeds"])
 
@@ -79,10 +79,6 @@ def test_held_out_epe_is_under_its_threshold_and_matches_the_record(builtin):
     epe = held_out_epe(builtin)
     assert epe < HELD_OUT_MAX
     assert epe == pytest.approx(builtin_record()["held_out"]["epe"], abs=1e-3)
-    # Predicting no motion would score the mean motion, about 20 px on these pairs.
-    pairs = [generate_pair(s, HELD_OUT["height"], HELD_OUT["width"]) for s in HELD_OUT["seeds"]]
-    still = float(np.mean([np.linalg.norm(p.flow, axis=2).mean() for p in pairs]))
-    assert epe < 0.25 * still
 
 
 @pytest.mark.parametrize(

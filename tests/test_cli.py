@@ -197,4 +197,4 @@ def test_missing_optional_package_is_one_line(workdir, tmp_path, capsys, monkeyp
     monkeypatch.setitem(sys.modules, "onnx", None)
     code, _, err = _run(["export", "--weights", workdir / "raft-small.pth", "--height", 128, "--width", 160,
                          "-o", tmp_path / "x.onnx"], capsys)  # fmt: skip
-    assert "export needs onnx: pip install 'raft-engine[onnx]'" in _one_line_error(code, err)
+    assert "export needs onnx: pip install onnx onnxscript" in _one_line_error(code, err)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 import torch
@@ -96,10 +97,10 @@ def test_command_line_trains_and_packages(tmp_path, capsys):
     from raft_engine.train import main
 
     args = [str(tmp_path / "run"), "--steps", "1", "--batch-size", "1", "--height", "128", "--width", "128",
-            "--iters", "1", "--validation-pairs", "1", "--threads", "1", "--device", "cpu",
+            "--iters", "1", "--validation-pairs", "1", "--device", "cpu",
             "--package", str(tmp_path / "out")]  # fmt: skip
     main(args)
     record = json.loads((tmp_path / "out" / "builtin-small.json").read_text())
-    assert record["command"] == "python -m raft_engine.train " + " ".join(args)
+    assert record["command"] == "python -m raft_engine.train " + shlex.join(args)
     assert record["config"]["height"] == 128 and record["steps"] == 1
     assert f"held-out EPE {record['held_out']['epe']} px" in capsys.readouterr().out
