@@ -19,8 +19,10 @@ from raft_engine.weights import load_model  # noqa: E402
 
 # The exactness tests compare float32 with float32 references. PyTorch runs float32 convolutions on
 # Ampere and later GPUs in TF32 (10-bit mantissas) unless told otherwise; on a GPU machine the tests
-# ask for IEEE float32. (The Triton kernels never use TF32: they have no tl.dot.)
-torch.backends.cudnn.conv.fp32_precision = "ieee"
+# ask for IEEE float32. (The Triton kernels never use TF32: they have no tl.dot.) The legacy flag, not
+# torch.backends.cudnn.conv.fp32_precision: once the new API is used, torch.export (torch 2.13) fails
+# reading the legacy one.
+torch.backends.cudnn.allow_tf32 = False
 
 
 @pytest.fixture(autouse=True)
