@@ -174,21 +174,12 @@ def test_cli_export_and_flow_with_onnx(tmp_path, reference, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0 and "relative error" in out
-    code = main(
-        [
-            "flow",
-            str(tmp_path / "a.png"),
-            str(tmp_path / "b.png"),
-            "--onnx",
-            str(tmp_path / "raft.onnx"),
-            "--providers",
-            "cpu",
-            "-o",
-            str(tmp_path / "flow.png"),
-            "--flo",
-            str(tmp_path / "flow.flo"),
-        ]
-    )
+
+    def onnx_flow(*options):
+        frames = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+        return main(["flow", *frames, "--onnx", str(tmp_path / "raft.onnx"), "--providers", "cpu", *options])
+
+    code = onnx_flow("-o", str(tmp_path / "flow.png"), "--flo", str(tmp_path / "flow.flo"))
     assert code == 0 and "ONNX Runtime CPUExecutionProvider" in capsys.readouterr().out
     from raft_engine.io import read_flo
     from raft_engine.weights import load_model
@@ -198,19 +189,7 @@ def test_cli_export_and_flow_with_onnx(tmp_path, reference, capsys):
         engine = FlowEngine(load_model(tmp_path / "w.pth"), device="cpu")
     expected = engine(reference["odd_image1"], reference["odd_image2"], iters=3)[0].permute(1, 2, 0).numpy()
     assert rel_error(read_flo(tmp_path / "flow.flo"), expected) < TOLERANCE_VS_PYTORCH
-    code = main(
-        [
-            "flow",
-            str(tmp_path / "a.png"),
-            str(tmp_path / "b.png"),
-            "--onnx",
-            str(tmp_path / "raft.onnx"),
-            "--providers",
-            "cpu",
-            "--iters",
-            "5",
-        ]
-    )
+    code = onnx_flow("--iters", "5")
     assert code == 1 and "exported with 3 iterations" in capsys.readouterr().err
     code = main(["export", "--weights", str(tmp_path / "w.pth"), "--height", "100", "--width", "160"])
     assert code == 1 and "multiples of 8" in capsys.readouterr().err
