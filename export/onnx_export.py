@@ -25,9 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from raft_engine.correlation import DenseCorrelation
-from raft_engine.engine import positive_int
-from raft_engine.model import RAFT, BilinearUpsampler, ConvexUpsampler
+from raft_engine.inputs import positive_int
+from raft_engine.model import RAFT
 from raft_engine.scenes import scene_tensors
 
 log = logging.getLogger(__name__)
@@ -87,10 +86,8 @@ class _Exported(nn.Module):
 
 def reference_model(model: RAFT) -> RAFT:
     """A CPU copy of `model` with the PyTorch reference parts (dense correlation, reference upsampling)."""
-    config = model.config
     copied = copy.deepcopy(model).eval().cpu()
-    upsampler = ConvexUpsampler() if config.convex_upsampling else BilinearUpsampler()
-    return copied.with_parts(correlation=DenseCorrelation(config.corr_levels, config.corr_radius), upsampler=upsampler)
+    return RAFT(model.config, **copied.parts())
 
 
 def export_onnx(

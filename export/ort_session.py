@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raft_engine.engine import FlowResult
 from raft_engine.inputs import Padder, check_padding, check_pair, to_image_batch
+from raft_engine.model import FlowResult
 
 PROVIDER_CHOICES = ("auto", "cuda", "tensorrt", "cpu")
 _GPU = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from raft_engine.inputs import interpreting
+
+__all__ = [
+    "PYRAMID_DTYPES",
+    "check_device",
+    "interpreting",
+    "level_base",
+    "level_centre",
+    "load_cells",
+    "next_power_of_2",
+    "on_device",
+    "size_class",
+]
+
 PYRAMID_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1 when imported)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def check_device(name: str, *tensors: torch.Tensor) -> None:
@@ -41,11 +49,6 @@ def size_class(count: int) -> int:
     """Autotuning bucket of a problem size: its power of two. The best block size at 128x160 is not
     the best at 4K, yet each size of its own would retune for every new shape."""
     return max(0, int(count) - 1).bit_length()
-
-
-def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
-    """What the references compute in: float64 for float64 input (the tests' judge), else float32."""
-    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
 
 def next_power_of_2(n: int) -> int:

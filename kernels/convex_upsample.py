@@ -10,7 +10,6 @@ Published: unfold + view + softmax + multiply + sum + permute + reshape, several
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
@@ -18,37 +17,15 @@ from torch.library import triton_op, wrap_triton
 from raft_engine.kernels._triton import (
     PYRAMID_DTYPES,
     check_device,
-    compute_dtype,
     interpreting,
     on_device,
     size_class,
 )
+from raft_engine.upsampling import FACTOR, bilinear_upsample_ref, convex_upsample_ref
 
-FACTOR = 8
-
-
-def convex_upsample_ref(flow: torch.Tensor, up_mask: torch.Tensor) -> torch.Tensor:
-    """Reference convex upsampling.
-
-    flow: (B, 2, H, W) float32, in 1/8-grid units.
-    up_mask: (B, 9*8*8, H, W) logits; channel k*64 + 8*i + j weighs neighbour k (row-major over the
-        3x3 neighbourhood, zero-padded at the border) for sub-pixel (i, j).
-    Returns (B, 2, 8H, 8W) float32 (float64 for float64 flow) in full-resolution pixels.
-    """
-    batch, _, height, width = flow.shape
-    dtype = compute_dtype(flow)
-    weights = torch.softmax(up_mask.to(dtype).view(batch, 1, 9, FACTOR, FACTOR, height, width), dim=2)
-    neighbours = F.unfold(FACTOR * flow.to(dtype), kernel_size=3, padding=1)
-    neighbours = neighbours.view(batch, 2, 9, 1, 1, height, width)
-    up = (weights * neighbours).sum(dim=2)  # (B, 2, i, j, H, W)
-    return up.permute(0, 1, 4, 2, 5, 3).reshape(batch, 2, FACTOR * height, FACTOR * width)
-
-
-def bilinear_upsample_ref(flow: torch.Tensor) -> torch.Tensor:
-    """RAFT-small's upsampling: bilinear with align_corners=True, values scaled by 8."""
-    batch, _, height, width = flow.shape
-    size = (FACTOR * height, FACTOR * width)
-    return FACTOR * F.interpolate(flow.to(compute_dtype(flow)), size=size, mode="bilinear", align_corners=True)
+# The PyTorch references live in the core (raft_engine.correlation / .upsampling), which needs no
+# Triton; they are re-exported here beside their kernel.
+__all__ = ["FACTOR", "bilinear_upsample_ref", "check_upsample_inputs", "convex_upsample", "convex_upsample_ref"]
 
 
 def _upsample_configs() -> list[triton.Config]:

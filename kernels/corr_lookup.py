@@ -11,15 +11,14 @@ writing the (B, L*(2r+1)^2, H, W) output in the published channel order.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from raft_engine.correlation import corr_lookup_ref, sample_windows, window_offsets
 from raft_engine.kernels._triton import (
     PYRAMID_DTYPES,
     check_device,
-    compute_dtype,
     interpreting,
     level_base,
     level_centre,
@@ -29,55 +28,11 @@ from raft_engine.kernels._triton import (
     size_class,
 )
 
+# The PyTorch references live in the core (raft_engine.correlation / .upsampling), which needs no
+# Triton; they are re-exported here beside their kernel.
+__all__ = ["MAX_LEVELS", "check_lookup_inputs", "corr_lookup", "corr_lookup_ref", "sample_windows", "window_offsets"]
+
 MAX_LEVELS = 4
-
-
-def window_offsets(radius: int, device: torch.device | None = None) -> torch.Tensor:
-    """(2r+1, 2r+1, 2) float32 (dx, dy) offsets in the published channel order.
-
-    Window channel (2r+1) * i + j samples at (x + i - r, y + j - r): the horizontal offset is the
-    slow index, i.e. the window is stored transposed with respect to image orientation. Trained
-    weights depend on this order (published RAFT, core/corr.py: meshgrid(dy, dx) added to (x, y)).
-    """
-    steps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
-    size = 2 * radius + 1
-    dx = steps.view(size, 1).expand(size, size)
-    dy = steps.view(1, size).expand(size, size)
-    return torch.stack([dx, dy], dim=-1)
-
-
-def sample_windows(maps: torch.Tensor, centres: torch.Tensor, radius: int) -> torch.Tensor:
-    """Bilinear samples of `maps` on windows around `centres`, zero outside, as published.
-
-    maps: (N, C, H_l, W_l); centres: (N, M, 2) pixel coordinates (x, y) of the maps.
-    Returns (N, C, M, (2r+1)^2) in the published window order.
-    """
-    level_h, level_w = maps.shape[-2:]
-    points = centres[:, :, None, :] + window_offsets(radius, centres.device).view(1, 1, -1, 2)
-    x, y = points.unbind(dim=-1)
-    # Pixel coordinates -> grid_sample's [-1, 1] with align_corners=True: pixel centres at the
-    # ends, as published. Zero padding outside the map.
-    grid = torch.stack([2 * x / (level_w - 1) - 1, 2 * y / (level_h - 1) - 1], dim=-1)
-    return F.grid_sample(maps, grid.to(maps.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
-
-
-def corr_lookup_ref(corr_pyramid: list[torch.Tensor], coords: torch.Tensor, radius: int) -> torch.Tensor:
-    """Reference lookup.
-
-    corr_pyramid: per level l, (B*H*W, 1, H >> l, W >> l): the correlation map of each 1/8 cell of
-        image 1 against image 2, average-pooled l times (float32, float16 or bfloat16).
-    coords: (B, 2, H, W) float32, x first, in level-0 cells: where each cell's window is centred.
-    Returns (B, L*(2r+1)^2, H, W) float32 (float64 for float64 coords, the tests' judge): level-major,
-    then the window in published order.
-    """
-    batch, _, height, width = coords.shape
-    dtype = compute_dtype(coords)
-    centres = coords.permute(0, 2, 3, 1).reshape(batch * height * width, 1, 2).to(dtype)
-    windows = []
-    for level, corr in enumerate(corr_pyramid):
-        sampled = sample_windows(corr.to(dtype), centres / 2**level, radius)  # (BHW, 1, 1, K)
-        windows.append(sampled.view(batch, height, width, -1))
-    return torch.cat(windows, dim=-1).permute(0, 3, 1, 2).contiguous()
 
 
 def _lookup_configs() -> list[triton.Config]:

@@ -18,10 +18,10 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from raft_engine.correlation import REFERENCE_CHUNK_BYTES, corr_ondemand_ref, pooled_pyramid
 from raft_engine.kernels._triton import (
     PYRAMID_DTYPES,
     check_device,
-    compute_dtype,
     interpreting,
     level_base,
     level_centre,
@@ -30,51 +30,11 @@ from raft_engine.kernels._triton import (
     on_device,
     size_class,
 )
-from raft_engine.kernels.corr_lookup import MAX_LEVELS, sample_windows
+from raft_engine.kernels.corr_lookup import MAX_LEVELS
 
-# The reference samples fmap2 at every window position of a chunk of cells at once: bound that
-# (chunk x D x (2r+1)^2) intermediate.
-REFERENCE_CHUNK_BYTES = 1 << 28
-
-
-def pooled_pyramid(fmap2: torch.Tensor, levels: int) -> list[torch.Tensor]:
-    """fmap2 (B, D, H, W) -> per level (B, D, H >> l, W >> l), each the 2x2 average of the last
-    (odd sizes floor), like the volume pyramid's pooling."""
-    pyramid = [fmap2]
-    for _ in range(levels - 1):
-        pyramid.append(torch.nn.functional.avg_pool2d(pyramid[-1], kernel_size=2, stride=2))
-    return pyramid
-
-
-def corr_ondemand_ref(
-    fmap1: torch.Tensor, fmap2_pyramid: list[torch.Tensor], coords: torch.Tensor, radius: int
-) -> torch.Tensor:
-    """Reference on-demand lookup.
-
-    fmap1: (B, H, W, D) features of image 1, channels-last.
-    fmap2_pyramid: per level l, (B, H >> l, W >> l, D): fmap2 average-pooled l times, channels-last.
-    coords: (B, 2, H, W) float32, x first, in level-0 cells.
-    Returns (B, L*(2r+1)^2, H, W) float32 (float64 for float64 coords), equal to `corr_lookup_ref`
-    on the dense pyramid of the same features.
-    """
-    batch, height, width, dim = fmap1.shape
-    dtype = compute_dtype(coords)
-    cells = height * width
-    window = (2 * radius + 1) ** 2
-    centres = coords.permute(0, 2, 3, 1).reshape(batch, cells, 2).to(dtype)
-    features1 = fmap1.reshape(batch, cells, dim).to(dtype) / math.sqrt(dim)
-    chunk = max(1, REFERENCE_CHUNK_BYTES // (batch * dim * window * torch.finfo(dtype).bits // 8))
-    levels = []
-    for level, fmap2 in enumerate(fmap2_pyramid):
-        maps = fmap2.permute(0, 3, 1, 2).to(dtype)  # (B, D, H_l, W_l) for grid_sample
-        parts = []
-        for start in range(0, cells, chunk):
-            stop = min(start + chunk, cells)
-            sampled = sample_windows(maps, centres[:, start:stop] / 2**level, radius)  # (B, D, n, K)
-            parts.append(torch.einsum("bdnk,bnd->bnk", sampled, features1[:, start:stop]))
-        levels.append(torch.cat(parts, dim=1))
-    out = torch.cat(levels, dim=-1)  # (B, HW, L*K)
-    return out.view(batch, height, width, -1).permute(0, 3, 1, 2).contiguous()
+# The PyTorch references live in the core (raft_engine.correlation / .upsampling), which needs no
+# Triton; they are re-exported here beside their kernel.
+__all__ = ["REFERENCE_CHUNK_BYTES", "check_ondemand_inputs", "corr_ondemand", "corr_ondemand_ref", "pooled_pyramid"]
 
 
 def _ondemand_configs() -> list[triton.Config]:

@@ -1,10 +1,15 @@
 """raft-engine: fast, exact inference for RAFT optical flow."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from raft_engine.config import RAFTConfig
-from raft_engine.engine import FlowEngine, FlowResult
-from raft_engine.model import RAFT, RAFTOutput
+from raft_engine.engine import FlowEngine
+from raft_engine.model import RAFT, FlowResult, RAFTOutput
 from raft_engine.weights import PRESETS, load_model
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("raft-engine")  # the one place the version is written is pyproject.toml
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = ["PRESETS", "FlowEngine", "FlowResult", "RAFT", "RAFTConfig", "RAFTOutput", "load_model", "__version__"]

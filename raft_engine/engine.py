@@ -5,91 +5,70 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from raft_engine.compiled import CompiledForward
-from raft_engine.correlation import dense_pyramid_bytes
-from raft_engine.inputs import Padder, check_padding, check_pair, to_image_batch
-from raft_engine.model import RAFT
+from raft_engine.correlation import (
+    DenseCorrelation,
+    OnDemandCorrelation,
+    corr_lookup_ref,
+    corr_ondemand_ref,
+    dense_pyramid_bytes,
+)
+from raft_engine.inputs import (
+    ArrayLike,
+    ImageLike,
+    Padder,
+    check_iters,
+    check_padding,
+    check_pair,
+    interpreting,
+    parse_device,
+    parse_dtype,
+    to_image_batch,
+)
+from raft_engine.model import RAFT, FlowResult
+
+if TYPE_CHECKING:
+    from raft_engine.inspection import FlowTrace
+
+from raft_engine.upsampling import BilinearUpsampler, ConvexUpsampler, Upsampler, convex_upsample_ref
+
+__all__ = ["BACKENDS", "CORR_MODES", "FlowEngine", "FlowResult", "build_parts", "resolve_backend"]
 
 log = logging.getLogger(__name__)
-
-DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-}
-
-
-def parse_dtype(dtype) -> torch.dtype:
-    """None, a name (fp32/fp16/bf16, float32/float16/bfloat16) or a torch dtype -> torch dtype."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in DTYPES:
-        return DTYPES[dtype.lower()]
-    raise ValueError(f"unsupported dtype {dtype!r}; expected one of fp32, fp16, bf16 (or the torch dtypes)")
-
-
-def parse_device(device) -> torch.device:
-    """None -> CUDA when available, else the CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"unknown device {device!r}: {error}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {str(device)!r} requested, but CUDA is not available (torch.cuda.is_available() is False)"
-        )
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {str(device)!r} requested, but there are {torch.cuda.device_count()} CUDA device(s)")
-    return device
-
-
-def positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
-def check_iters(iters) -> int:
-    return positive_int("iters", iters)
-
-
-@dataclass(frozen=True)
-class FlowResult:
-    """flow: (B, 2, H, W) float32 at the input resolution, in pixels, (u, v) = (x, y) displacement.
-    flow_low: (B, 2, H'/8, W'/8) float32 on the padded 1/8 grid, in 1/8-grid cells; pass it as
-    `flow_init` of the next pair of a sequence to warm-start it."""
-
-    flow: torch.Tensor
-    flow_low: torch.Tensor
-
 
 BACKENDS = ("auto", "torch", "triton")
 CORR_MODES = ("auto", "volume", "ondemand")
 DEFAULT_CORR_BUDGET = 2 * 2**30  # bytes: 1080p (5.7 GB of dense pyramid) goes on-demand, 720p (1.1 GB) dense
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """ "auto": Triton kernels on CUDA, the PyTorch reference on the CPU."""
-    from raft_engine.kernels._triton import interpreting
+def triton_available() -> bool:
+    """Whether the triton package imports here (it installs on Linux only)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """ "auto": Triton kernels on CUDA (the PyTorch reference, logged, where triton is missing), the
+    PyTorch reference on the CPU."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
+        if device.type != "cuda":
+            return "torch"
+        if triton_available():
+            return "triton"
+        log.warning("backend='auto' on CUDA: the triton package is not installed, so the PyTorch reference runs")
+        return "torch"
     if backend == "triton" and device.type == "cpu" and not interpreting():
         raise ValueError(
             "backend='triton' on the CPU runs Triton's interpreter: set TRITON_INTERPRET=1 before triton is "
@@ -98,32 +77,40 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def build_parts(model: RAFT, backend: str, corr_dtype: torch.dtype) -> dict[str, RAFT]:
-    """The model with the dense and with the on-demand correlation, both on `backend`."""
-    from raft_engine.correlation import DenseCorrelation, OnDemandCorrelation
-    from raft_engine.kernels import convex_upsample, corr_lookup, corr_ondemand
-    from raft_engine.model import ConvexUpsampler
+def triton_kernels() -> ModuleType:
+    """raft_engine.kernels, or one clear error when the triton package is missing."""
+    try:
+        import raft_engine.kernels as kernels
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.split(".")[0] != "triton":
+            raise
+        raise ImportError(
+            "backend='triton' needs the triton package, which is not installed: pip install triton "
+            "(Linux), or use backend='torch'"
+        ) from error
+    return kernels
 
+
+def build_parts(model: RAFT, backend: str, corr_dtype: torch.dtype) -> dict[str, RAFT]:
+    """Models sharing `model`'s weights, with the dense ("volume") and with the on-demand ("ondemand")
+    correlation, both on `backend` ("torch" or "triton")."""
     config = model.config
-    triton = backend == "triton"
-    upsampler = model.upsampler
-    if config.convex_upsampling:
-        upsampler = ConvexUpsampler(convex_upsample.convex_upsample if triton else convex_upsample.convex_upsample_ref)
-    dense = DenseCorrelation(
-        config.corr_levels,
-        config.corr_radius,
-        corr_dtype,
-        corr_lookup.corr_lookup if triton else corr_lookup.corr_lookup_ref,
-    )
-    ondemand = OnDemandCorrelation(
-        config.corr_levels,
-        config.corr_radius,
-        corr_dtype,
-        corr_ondemand.corr_ondemand if triton else corr_ondemand.corr_ondemand_ref,
-    )
+    levels, radius = config.corr_levels, config.corr_radius
+    upsampler: Upsampler = BilinearUpsampler()
+    if backend == "triton":
+        kernels = triton_kernels()
+        dense = DenseCorrelation(levels, radius, corr_dtype, kernels.corr_lookup.corr_lookup)
+        ondemand = OnDemandCorrelation(levels, radius, corr_dtype, kernels.corr_ondemand.corr_ondemand)
+        if config.convex_upsampling:
+            upsampler = ConvexUpsampler(kernels.convex_upsample.convex_upsample)
+    else:
+        dense = DenseCorrelation(levels, radius, corr_dtype, corr_lookup_ref)
+        ondemand = OnDemandCorrelation(levels, radius, corr_dtype, corr_ondemand_ref)
+        if config.convex_upsampling:
+            upsampler = ConvexUpsampler(convex_upsample_ref)
     return {
-        "volume": model.with_parts(correlation=dense, upsampler=upsampler),
-        "ondemand": model.with_parts(correlation=ondemand, upsampler=upsampler),
+        "volume": RAFT(config, **model.parts(), correlation=dense, upsampler=upsampler),
+        "ondemand": RAFT(config, **model.parts(), correlation=ondemand, upsampler=upsampler),
     }
 
 
@@ -202,6 +189,13 @@ class FlowEngine:
             f"backend={self.backend!r}, corr={self.corr!r})"
         )
 
+    def model_for(self, corr_mode: str) -> RAFT:
+        """The engine's model (its weights, dtype and device) with the "volume" or "ondemand" correlation
+        on its backend; `corr_mode_for` tells which one a shape uses."""
+        if corr_mode not in self._models:
+            raise ValueError(f"unknown correlation mode {corr_mode!r}; expected one of {tuple(self._models)}")
+        return self._models[corr_mode]
+
     def corr_mode_for(self, batch: int, height: int, width: int) -> str:
         """ "volume" or "ondemand": what this engine uses for `batch` pairs of height x width images."""
         if self.corr != "auto":
@@ -222,7 +216,7 @@ class FlowEngine:
             )
         return mode
 
-    def prepare(self, image1, image2) -> tuple[torch.Tensor, torch.Tensor, Padder]:
+    def prepare(self, image1: ImageLike, image2: ImageLike) -> tuple[torch.Tensor, torch.Tensor, Padder]:
         """Convert, validate and pad a pair -> (B, 3, H', W') float32 on the device, and the padder."""
         batch1 = to_image_batch(image1, "image1").to(self.device)
         batch2 = to_image_batch(image2, "image2").to(self.device)
@@ -244,7 +238,7 @@ class FlowEngine:
         padded2 = padder.pad(batch2).contiguous(memory_format=layout)
         return padded1, padded2, padder
 
-    def check_flow_init(self, flow_init, batch: int, grid: tuple[int, int]) -> torch.Tensor:
+    def check_flow_init(self, flow_init: ArrayLike, batch: int, grid: tuple[int, int]) -> torch.Tensor:
         if isinstance(flow_init, np.ndarray):
             flow_init = torch.from_numpy(flow_init)
         if not isinstance(flow_init, torch.Tensor):
@@ -263,27 +257,47 @@ class FlowEngine:
         return flow_init
 
     @torch.inference_mode()
-    def estimate(self, image1, image2, iters: int = 12, flow_init=None) -> FlowResult:
+    def estimate(
+        self, image1: ImageLike, image2: ImageLike, iters: int = 12, flow_init: ArrayLike | None = None
+    ) -> FlowResult:
         """Flow from image1 to image2 (both (H, W, 3)/(3, H, W) or batched; see `to_image_batch`)."""
         iters = check_iters(iters)
         padded1, padded2, padder = self.prepare(image1, image2)
+        checked_init = None
         if flow_init is not None:
             grid = (padded1.shape[-2] // 8, padded1.shape[-1] // 8)
-            flow_init = self.check_flow_init(flow_init, padded1.shape[0], grid)
+            checked_init = self.check_flow_init(flow_init, padded1.shape[0], grid)
         mode = self.corr_mode_for(padded1.shape[0], padder.height, padder.width)
         if self.compiled is not None:
-            output = self.compiled(mode, padded1, padded2, iters, flow_init)
+            output = self.compiled(mode, padded1, padded2, iters, checked_init)
         else:
-            output = self._models[mode](padded1, padded2, iters=iters, flow_init=flow_init)
+            output = self._models[mode](padded1, padded2, iters=iters, flow_init=checked_init)
         return FlowResult(flow=padder.unpad(output.flow), flow_low=output.flow_low)
 
-    def trace(self, image1, image2, iters: int = 12, pixels=(), flow_init=None):
+    @torch.inference_mode()
+    def trace(
+        self,
+        image1: ImageLike,
+        image2: ImageLike,
+        iters: int = 12,
+        pixels: Iterable[tuple[float, float]] = (),
+        flow_init: ArrayLike | None = None,
+    ) -> FlowTrace:
         """Run one pair and keep RAFT's internals: feature maps, and for each test pixel (x, y) its
         correlation response maps, correspondences per iteration and lookup windows. See
         `raft_engine.inspection.FlowTrace`; `raft_engine.report.write_report` draws it."""
-        from raft_engine.inspection import trace
+        from raft_engine.inspection import trace_model
 
-        return trace(self, image1, image2, iters=iters, pixels=pixels, flow_init=flow_init)
+        iters = check_iters(iters)
+        padded1, padded2, padder = self.prepare(image1, image2)
+        if padded1.shape[0] != 1:
+            raise ValueError(f"trace takes one pair of images, got a batch of {padded1.shape[0]}")
+        checked_init = None
+        if flow_init is not None:
+            grid = (padded1.shape[-2] // 8, padded1.shape[-1] // 8)
+            checked_init = self.check_flow_init(flow_init, 1, grid)
+        model = self.model_for(self.corr_mode_for(1, padder.height, padder.width))
+        return trace_model(model, padded1, padded2, padder, iters, pixels, checked_init)
 
     def warmup(self, batch: int, height: int, width: int, iters: int = 12, warm_start: bool = False) -> float:
         """Run `batch` pairs of height x width once (three times with CUDA graphs: warm-up, record,
@@ -303,6 +317,6 @@ class FlowEngine:
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
 
-    def __call__(self, image1, image2, iters: int = 12) -> torch.Tensor:
+    def __call__(self, image1: ImageLike, image2: ImageLike, iters: int = 12) -> torch.Tensor:
         """The flow (B, 2, H, W) float32 of `estimate`."""
         return self.estimate(image1, image2, iters=iters).flow

@@ -1,15 +1,85 @@
-"""Turning user images into model input: conversion, validation and padding to a multiple of 8."""
+"""Checking what users pass in: images (conversion, validation, padding to a multiple of 8), devices,
+dtypes and counts. A leaf module: it imports nothing of the package, so every part may use it."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
 PADDING_MODES = ("sintel", "kitti")
+
+ImageLike: TypeAlias = "np.ndarray | torch.Tensor | PILImage"
+"""An image or a batch of images: numpy (H, W), (H, W, C), (B, H, W, C); PIL (RGB, L, P); torch
+(H, W), (C, H, W), (B, C, H, W). uint8, or float in 0..255; C is 3 or 1. See `to_image_batch`."""
+DeviceLike: TypeAlias = "str | torch.device | None"
+"""A torch device or its name ("cpu", "cuda", "cuda:1"); None: CUDA when available, else the CPU."""
+DTypeLike: TypeAlias = "str | torch.dtype | None"
+"""A compute dtype: a name of `DTYPES` or the torch dtype; None: float32."""
+ArrayLike: TypeAlias = "np.ndarray | torch.Tensor"
+
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
+
+
+def parse_dtype(dtype: DTypeLike) -> torch.dtype:
+    """None, a name (fp32/fp16/bf16, float32/float16/bfloat16) or a torch dtype -> torch dtype."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
+    raise ValueError(f"unsupported dtype {dtype!r}; expected one of fp32, fp16, bf16 (or the torch dtypes)")
+
+
+def parse_device(device: DeviceLike) -> torch.device:
+    """None -> CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device {device!r}: {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {str(device)!r} requested, but CUDA is not available (torch.cuda.is_available() is False)"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} requested, but there are {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def check_iters(iters: object) -> int:
+    return positive_int("iters", iters)
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1 when it is imported)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _pil_to_numpy(image, name: str) -> np.ndarray:

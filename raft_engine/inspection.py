@@ -1,19 +1,21 @@
 """Looking inside RAFT: feature maps, correlation response maps, correspondences per iteration and
 the correlation windows the update block reads.
 
-`trace(engine, image1, image2, iters, pixels)` runs the engine's own model parts (so every backend
-and correlation mode) in a loop of its own that keeps what it is asked for; the normal forward has
-no hooks and pays nothing for this.
+`FlowEngine.trace(image1, image2, iters, pixels)` runs the engine's own model parts (so every
+backend and correlation mode) through `trace_model`, a loop of its own that keeps what it is asked
+for; the normal forward has no hooks and pays nothing for this.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from raft_engine.model import coords_grid
+from raft_engine.inputs import Padder
+from raft_engine.model import RAFT, coords_grid
 
 
 @dataclass(frozen=True)
@@ -86,19 +88,22 @@ def _window(corr: torch.Tensor, level: int, radius: int, y: int, x: int) -> np.n
 
 
 @torch.inference_mode()
-def trace(engine, image1, image2, iters: int = 12, pixels=(), flow_init=None) -> FlowTrace:
-    """Run `engine` on one pair and keep its internals; see `FlowTrace` and `PixelTrace`."""
-    from raft_engine.engine import check_iters
+def trace_model(
+    model: RAFT,
+    padded1: torch.Tensor,
+    padded2: torch.Tensor,
+    padder: Padder,
+    iters: int,
+    pixels: Iterable[tuple[float, float]] = (),
+    flow_init: torch.Tensor | None = None,
+) -> FlowTrace:
+    """Run `model` on one padded pair (1, 3, H', W') and keep its internals; see `FlowTrace` and
+    `PixelTrace`. `FlowEngine.trace` converts, checks and pads the images and picks the model.
 
-    iters = check_iters(iters)
-    padded1, padded2, padder = engine.prepare(image1, image2)
-    if padded1.shape[0] != 1:
-        raise ValueError(f"trace takes one pair of images, got a batch of {padded1.shape[0]}")
+    Its loop is the model's own (`RAFT.forward`: the same lookup, update and upsampling, in the same
+    order), spelled out to keep what it reads; the tests pin its flow to `RAFT.forward`'s."""
     grid = (padded1.shape[-2] // 8, padded1.shape[-1] // 8)
-    if flow_init is not None:
-        flow_init = engine.check_flow_init(flow_init, 1, grid)
     cells = _cells(list(pixels), padder.height, padder.width, padder.pads)
-    model = engine._models[engine.corr_mode_for(1, padder.height, padder.width)]
     radius = model.config.corr_radius
 
     fmap1, fmap2, net, inp = model.encode(padded1, padded2)

@@ -1,31 +1,54 @@
 """RAFT: Recurrent All-Pairs Field Transforms for optical flow (Teed & Deng, ECCV 2020).
 
 `RAFT` is composed of parts: feature encoder (`fnet`), context encoder (`cnet`), a correlation
-part (dense pyramid; others arrive with the kernels), the update block, and an upsampler (convex for
-RAFT-large, bilinear x8 for RAFT-small). It reproduces the published network exactly; see
+part (`raft_engine.correlation`: the dense pyramid or the on-demand lookup, PyTorch or Triton), the
+update block, and an upsampler (`raft_engine.upsampling`: convex for RAFT-large, bilinear x8 for
+RAFT-small). It reproduces the published network exactly; see
 `raft_engine.weights` for loading the published and torchvision checkpoints.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from raft_engine.config import RAFTConfig
-from raft_engine.correlation import DenseCorrelation
+from raft_engine.correlation import Correlation, DenseCorrelation
 from raft_engine.encoders import Encoder
-from raft_engine.kernels.convex_upsample import bilinear_upsample_ref, convex_upsample_ref
 from raft_engine.update import UpdateBlock
+from raft_engine.upsampling import BilinearUpsampler, ConvexUpsampler, Upsampler
+
+__all__ = [
+    "RAFT",
+    "BilinearUpsampler",
+    "ConvexUpsampler",
+    "FlowResult",
+    "RAFTOutput",
+    "Upsampler",
+    "coords_grid",
+    "normalize_images",
+]
 
 
 @dataclass(frozen=True)
 class RAFTOutput:
     """flow: (B, 2, 8H', 8W') float32 at the padded input resolution, in pixels, x first.
     flow_low: (B, 2, H', W') float32 on the 1/8 grid, in 1/8-grid cells (coords1 - coords0)."""
+
+    flow: torch.Tensor
+    flow_low: torch.Tensor
+
+
+@dataclass(frozen=True)
+class FlowResult:
+    """What `FlowEngine.estimate` (and `OrtFlowSession.estimate`) return.
+
+    flow: (B, 2, H, W) float32 at the input resolution, in pixels, (u, v) = (x, y) displacement.
+    flow_low: (B, 2, H'/8, W'/8) float32 on the padded 1/8 grid, in 1/8-grid cells; pass it as
+    `flow_init` of the next pair of a sequence to warm-start it."""
 
     flow: torch.Tensor
     flow_low: torch.Tensor
@@ -46,50 +69,52 @@ def normalize_images(image: torch.Tensor) -> torch.Tensor:
     return 2 * (image / 255.0) - 1.0
 
 
-@dataclass(frozen=True)
-class ConvexUpsampler:
-    """RAFT-large: convex combination of the 3x3 neighbourhood, weights from the update block's mask.
-    upsample_fn: `convex_upsample_ref` or the Triton `convex_upsample`."""
-
-    upsample_fn: Callable = convex_upsample_ref
-
-    def __call__(self, flow_low: torch.Tensor, up_mask: torch.Tensor | None) -> torch.Tensor:
-        if up_mask is None:
-            raise ValueError("convex upsampling needs the mask of the update block; this model has no mask head")
-        return self.upsample_fn(flow_low, up_mask)
-
-
-@dataclass(frozen=True)
-class BilinearUpsampler:
-    """RAFT-small: bilinear x8 (align_corners=True), flow values scaled by 8."""
-
-    def __call__(self, flow_low: torch.Tensor, up_mask: torch.Tensor | None) -> torch.Tensor:
-        return bilinear_upsample_ref(flow_low)
-
-
-Upsampler = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-
-
 class RAFT(nn.Module):
-    def __init__(self, config: RAFTConfig) -> None:
+    """RAFT built from its parts.
+
+    config: the architecture. fnet, cnet, update_block: the trained modules; None builds fresh ones
+        for `config` (modules passed in are shared, not copied: two models built from the same
+        modules share their weights). correlation: a `Correlation` part (default: the published
+        dense pyramid with the PyTorch lookup). upsampler: an `Upsampler` (default: convex for
+        RAFT-large, bilinear for RAFT-small, PyTorch references).
+    """
+
+    def __init__(
+        self,
+        config: RAFTConfig,
+        *,
+        fnet: Encoder | None = None,
+        cnet: Encoder | None = None,
+        update_block: UpdateBlock | None = None,
+        correlation: Correlation | None = None,
+        upsampler: Upsampler | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         widths, block = config.encoder_widths, config.encoder_block
-        self.fnet = Encoder(widths, block, "instance", config.feature_dim)
-        self.cnet = Encoder(widths, block, config.context_norm, config.hidden_dim + config.context_dim)
-        self.update_block = UpdateBlock(config)
-        self.correlation = DenseCorrelation(config.corr_levels, config.corr_radius)
-        self.upsampler: Upsampler = ConvexUpsampler() if config.convex_upsampling else BilinearUpsampler()
+        self.fnet = fnet if fnet is not None else Encoder(widths, block, "instance", config.feature_dim)
+        self.cnet = (
+            cnet
+            if cnet is not None
+            else Encoder(widths, block, config.context_norm, config.hidden_dim + config.context_dim)
+        )
+        self.update_block = update_block if update_block is not None else UpdateBlock(config)
+        if correlation is None:
+            correlation = DenseCorrelation(config.corr_levels, config.corr_radius)
+        if (correlation.levels, correlation.radius) != (config.corr_levels, config.corr_radius):
+            raise ValueError(
+                f"the correlation part has {correlation.levels} levels of radius {correlation.radius}; RAFT-"
+                f"{config.variant} needs {config.corr_levels} levels of radius {config.corr_radius}"
+            )
+        self.correlation: Correlation = correlation
+        if upsampler is None:
+            upsampler = ConvexUpsampler() if config.convex_upsampling else BilinearUpsampler()
+        self.upsampler: Upsampler = upsampler
 
-    def with_parts(self, *, correlation=None, upsampler: Upsampler | None = None) -> RAFT:
-        """A model sharing these weights with other correlation/upsampling parts."""
-        other = copy.copy(self)
-        other._modules = dict(self._modules)  # share the submodules, not the registry
-        if correlation is not None:
-            other.correlation = correlation
-        if upsampler is not None:
-            other.upsampler = upsampler
-        return other
+    def parts(self) -> dict[str, Any]:
+        """The trained modules, as keyword arguments of `RAFT(config, ...)`: a model built with them
+        shares these weights, e.g. `RAFT(model.config, **model.parts(), correlation=other)`."""
+        return {"fnet": self.fnet, "cnet": self.cnet, "update_block": self.update_block}
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -121,7 +146,7 @@ class RAFT(nn.Module):
 
     def prepare(
         self, image1: torch.Tensor, image2: torch.Tensor, flow_init: torch.Tensor | None = None
-    ) -> tuple[object, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Everything before the iterations -> (corr_state, net, inp, coords0, coords1).
 
         image1, image2: (B, 3, H, W) float in 0..255, H and W multiples of 8.
@@ -135,7 +160,7 @@ class RAFT(nn.Module):
         return corr_state, net, inp, coords0, coords1
 
     def step(
-        self, corr_state, net: torch.Tensor, inp: torch.Tensor, coords0: torch.Tensor, coords1: torch.Tensor
+        self, corr_state: Any, net: torch.Tensor, inp: torch.Tensor, coords0: torch.Tensor, coords1: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One refinement: look up the correlation around coords1, update -> (net, coords1)."""
         corr = self.correlation.lookup(corr_state, coords1)

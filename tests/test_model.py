@@ -11,7 +11,8 @@ from conftest import rel_error, to_tensor
 from synthetic import synthetic_state_dict
 
 from raft_engine import RAFT, FlowEngine, RAFTConfig, load_model
-from raft_engine.kernels._triton import interpreting
+from raft_engine.correlation import DenseCorrelation
+from raft_engine.inputs import interpreting
 
 TOLERANCE = 1e-4
 DEVICES = [
@@ -66,19 +67,19 @@ def test_torchvision_flow(reference, variant):
 
 def test_fixture_is_sensitive_to_the_window_channel_order(reference, official_small):
     """The published window order (horizontal offset slowest) matters: transposing it breaks the match."""
-    import raft_engine.kernels.corr_lookup as corr_lookup
+    import raft_engine.correlation as correlation
 
-    original = corr_lookup.window_offsets
+    original = correlation.window_offsets
 
     def transposed(radius, device=None):
         return original(radius, device).flip(-1)
 
-    corr_lookup.window_offsets = transposed
+    correlation.window_offsets = transposed
     try:
         with torch.no_grad():
             out = official_small(to_tensor(reference["image1"]), to_tensor(reference["image2"]), iters=6)
     finally:
-        corr_lookup.window_offsets = original
+        correlation.window_offsets = original
     assert rel_error(out.flow[0], reference["official_small_flow"]) > 1e-2
 
 
@@ -111,12 +112,13 @@ def test_parameter_counts_match_torchvision():
     assert sum(p.numel() for p in RAFT(RAFTConfig.small()).parameters()) == 990162
 
 
-def test_with_parts_shares_weights_and_swaps_parts(official_small):
+def test_model_built_from_parts_shares_weights_and_swaps_parts(official_small):
     calls = []
 
     class CountingCorrelation:
         def __init__(self, inner):
             self.inner = inner
+            self.levels, self.radius = inner.levels, inner.radius
 
         def build(self, fmap1, fmap2):
             return self.inner.build(fmap1, fmap2)
@@ -125,8 +127,10 @@ def test_with_parts_shares_weights_and_swaps_parts(official_small):
             calls.append(coords.shape)
             return self.inner.lookup(state, coords)
 
-    swapped = official_small.with_parts(correlation=CountingCorrelation(official_small.correlation))
-    assert swapped.fnet is official_small.fnet
+    swapped = RAFT(
+        official_small.config, **official_small.parts(), correlation=CountingCorrelation(official_small.correlation)
+    )
+    assert swapped.fnet is official_small.fnet and swapped.update_block is official_small.update_block
     assert official_small.correlation is not swapped.correlation
     image1, image2 = torch.rand(1, 3, 128, 128) * 255, torch.rand(1, 3, 128, 128) * 255
     with torch.no_grad():
@@ -134,3 +138,9 @@ def test_with_parts_shares_weights_and_swaps_parts(official_small):
         actual = swapped(image1, image2, iters=3).flow
     assert len(calls) == 3
     torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def test_correlation_part_must_fit_the_config(official_small):
+    config = official_small.config
+    with pytest.raises(ValueError, match="needs 4 levels of radius 3"):
+        RAFT(config, correlation=DenseCorrelation(config.corr_levels, config.corr_radius + 1))

@@ -1,0 +1,152 @@
+"""How the package is put together: the core needs no Triton, and imports point one way."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from raft_engine import RAFT, RAFTConfig
+from raft_engine.train import training_predictions
+
+ROOT = Path(__file__).resolve().parent.parent
+# Source folders and the package names they install as (pyproject.toml's package-dir).
+PACKAGES = {
+    "raft_engine": ROOT / "raft_engine",
+    "raft_engine.kernels": ROOT / "kernels",
+    "raft_engine.export": ROOT / "export",
+}
+
+
+def run_without_triton(code: str) -> subprocess.CompletedProcess:
+    prelude = "import sys\nsys.modules['triton'] = None  # as if triton were not installed\n"
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+    )
+
+
+def test_the_core_runs_without_triton():
+    done = run_without_triton(
+        "import numpy as np\n"
+        "from raft_engine import FlowEngine, load_model\n"
+        "engine = FlowEngine(load_model('builtin'), device='cpu', backend='torch')\n"
+        "rng = np.random.default_rng(0)\n"
+        "image1 = rng.integers(0, 256, (128, 136, 3), dtype=np.uint8)\n"
+        "result = engine.estimate(image1, np.roll(image1, 3, axis=1), iters=2)\n"
+        "print(tuple(result.flow.shape), bool(result.flow.isfinite().all()))\n"
+        "print('triton' in sys.modules and sys.modules['triton'] is not None)\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["(1, 2, 128, 136) True", "False"]
+
+
+def test_the_triton_backend_without_triton_is_one_clear_error():
+    done = run_without_triton(
+        "from raft_engine import FlowEngine, load_model\n"
+        "model = load_model('builtin')\n"
+        "try:\n"
+        "    FlowEngine(model, device='cpu', backend='triton')\n"
+        "except ImportError as error:\n"
+        "    print(type(error).__name__, error)\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ImportError backend='triton' needs the triton package, which is not installed")
+
+
+def _module_names() -> dict[str, Path]:
+    modules = {}
+    for package, folder in PACKAGES.items():
+        for path in folder.glob("*.py"):
+            modules[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+    return modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports, at the top, inside functions or for type checking.
+
+    An edge goes to the module an import statement names (`from raft_engine.kernels import corr_lookup`
+    names raft_engine.kernels.corr_lookup; `from raft_engine import __version__` names raft_engine).
+    """
+    modules = _module_names()
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [
+                    f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                    for alias in node.names
+                ]
+            else:
+                continue
+            graph[name].update(target for target in targets if target in modules)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for child in sorted(graph[node]):
+            if state.get(child) == "open":
+                return stack[stack.index(child) :] + [child]
+            if child not in state and (cycle := visit(child)):
+                return cycle
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    assert graph["raft_engine.engine"] >= {"raft_engine.inputs", "raft_engine.model"}  # the parser sees imports
+    assert "raft_engine.kernels" in graph["raft_engine.engine"]  # and those inside functions
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_find_cycle_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_core_imports_neither_kernels_nor_export_at_the_top():
+    core = [name for name in _module_names() if not name.startswith(("raft_engine.kernels", "raft_engine.export"))]
+    for name in core:
+        path = _module_names()[name]
+        top = [n for n in ast.parse(path.read_text()).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        named = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
+        named += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in named if m.split(".")[0] in ("triton", "onnx", "onnxruntime", "onnxscript")], name
+        assert not [m for m in named if m.startswith(("raft_engine.kernels", "raft_engine.export"))], name
+
+
+@pytest.mark.parametrize("variant", ["small", "large"])
+def test_the_training_loop_ends_where_the_model_does(variant):
+    """The training loop spells out RAFT.forward (to detach and upsample every iteration); its last
+    prediction is the model's flow."""
+    torch.manual_seed(3)
+    model = RAFT(RAFTConfig.from_variant(variant)).eval()
+    image1, image2 = torch.rand(2, 1, 3, 128, 128) * 255
+    with torch.no_grad():
+        expected = model(image1, image2, iters=3).flow
+        predictions = training_predictions(model, image1, image2, 3)
+    assert len(predictions) == 3
+    torch.testing.assert_close(predictions[-1], expected, rtol=0, atol=0)
