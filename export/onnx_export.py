@@ -79,7 +79,7 @@ class _Exported(nn.Module):
         self.iters = iters
         self.flow_low = flow_low
 
-    def forward(self, image1: torch.Tensor, image2: torch.Tensor):
+    def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         output = self.model(image1, image2, iters=self.iters)
         return (output.flow, output.flow_low) if self.flow_low else output.flow
 
@@ -160,6 +160,8 @@ def export_onnx(
             dynamic_shapes=dynamic_shapes,
             verbose=False,
         )
+    if program is None:  # torch.onnx.export returns None only for the legacy exporter, never with dynamo=True
+        raise ExportError("torch.onnx.export returned no ONNX program")
     onnx_model = program.model_proto
     _check_graph(onnx_model, dynamic_batch, batch, height, width, outputs)
     metadata = {

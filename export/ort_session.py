@@ -13,12 +13,16 @@ import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from raft_engine.inputs import Padder, check_padding, check_pair, to_image_batch
+from raft_engine.inputs import ImageLike, Padder, check_padding, check_pair, to_image_batch
 from raft_engine.model import FlowResult
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 PROVIDER_CHOICES = ("auto", "cuda", "tensorrt", "cpu")
 _GPU = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -26,7 +30,7 @@ _GPU = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"
 _SHAPE_OPS = {"Shape", "Size", "ConstantOfShape"}
 
 
-def quiet_session_options():
+def quiet_session_options() -> onnxruntime.SessionOptions:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -153,7 +157,7 @@ class OrtFlowSession:
             and event["args"].get("op_name") not in _SHAPE_OPS
         )
 
-    def estimate(self, image1, image2) -> FlowResult:
+    def estimate(self, image1: ImageLike, image2: ImageLike) -> FlowResult:
         """Flow from image1 to image2, cropped back to the input size; torch tensors on the input's
         device (CUDA input to a CUDA session never visits the host)."""
         batch1, batch2 = to_image_batch(image1, "image1"), to_image_batch(image2, "image2")
@@ -185,7 +189,7 @@ class OrtFlowSession:
         flow_low = outputs[1] if len(outputs) > 1 else None
         return FlowResult(flow=flow, flow_low=flow_low)
 
-    def __call__(self, image1, image2) -> torch.Tensor:
+    def __call__(self, image1: ImageLike, image2: ImageLike) -> torch.Tensor:
         return self.estimate(image1, image2).flow
 
     def _run_bound(self, image1: torch.Tensor, image2: torch.Tensor) -> list[torch.Tensor]:

@@ -23,13 +23,13 @@ from raft_engine.model import RAFT, RAFTOutput
 log = logging.getLogger("raft_engine.engine")
 
 
-def _recompile_limit(limit: int):
+def _recompile_limit(limit: int) -> contextlib.AbstractContextManager:
     """Let dynamo keep `limit` graphs of the forward (its default is 8); the name changed across versions."""
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     if getattr(config, name) >= limit:
         return contextlib.nullcontext()
-    return config.patch(**{name: limit})
+    return config.patch(name, limit)
 
 
 class CompiledForward:

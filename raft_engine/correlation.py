@@ -34,8 +34,11 @@ class Correlation(Protocol):
     responses: cell (x, y) of image `batch`'s correlation with all of image 2, per level.
     """
 
-    levels: int
-    radius: int
+    @property
+    def levels(self) -> int: ...
+
+    @property
+    def radius(self) -> int: ...
 
     def build(self, fmap1: torch.Tensor, fmap2: torch.Tensor) -> Any: ...
 

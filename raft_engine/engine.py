@@ -22,6 +22,8 @@ from raft_engine.correlation import (
 )
 from raft_engine.inputs import (
     ArrayLike,
+    DeviceLike,
+    DTypeLike,
     ImageLike,
     Padder,
     check_iters,
@@ -141,13 +143,13 @@ class FlowEngine:
     def __init__(
         self,
         model: RAFT,
-        device=None,
-        dtype=None,
+        device: DeviceLike = None,
+        dtype: DTypeLike = None,
         padding: str = "sintel",
         backend: str = "auto",
         corr: str = "auto",
-        corr_dtype=None,
-        corr_budget: int = DEFAULT_CORR_BUDGET,
+        corr_dtype: DTypeLike = None,
+        corr_budget: float = DEFAULT_CORR_BUDGET,
         compile: bool = False,
         cuda_graphs: bool | None = None,
         max_compiled_shapes: int = 8,
@@ -176,7 +178,7 @@ class FlowEngine:
         self.model = copy.deepcopy(model).eval().to(self.device).to_compute_dtype(self.dtype)
         self.channels_last = channels_last
         if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.config = model.config
         self._models = build_parts(self.model, self.backend, self.corr_dtype)
         self._reported: set[tuple[int, int, int]] = set()

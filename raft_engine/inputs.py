@@ -82,7 +82,7 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _pil_to_numpy(image, name: str) -> np.ndarray:
+def _pil_to_numpy(image: PILImage, name: str) -> np.ndarray:
     mode = image.mode
     if mode == "P":
         if "transparency" in image.info:
@@ -96,41 +96,47 @@ def _pil_to_numpy(image, name: str) -> np.ndarray:
     return np.asarray(image)
 
 
-def to_image_batch(image, name: str = "image") -> torch.Tensor:
+def _numpy_to_tensor(image: np.ndarray, name: str) -> torch.Tensor:
+    """numpy (H, W), (H, W, C), (B, H, W, C) -> torch (B, C, H, W), sharing memory where it can."""
+    if image.ndim not in (2, 3, 4):
+        raise ValueError(f"{name}: expected a numpy array (H, W), (H, W, C) or (B, H, W, C); got shape {image.shape}")
+    _check_dtype(image.dtype, np.uint8, np.floating, name)
+    array = np.ascontiguousarray(image)
+    if not array.flags.writeable:  # e.g. np.asarray(PIL image); torch wants writable memory
+        array = array.copy()
+    tensor = torch.from_numpy(array)
+    if tensor.ndim == 2:
+        tensor = tensor[None, :, :, None]
+    elif tensor.ndim == 3:
+        tensor = tensor[None]
+    return tensor.permute(0, 3, 1, 2)
+
+
+def _batch_tensor(image: torch.Tensor, name: str) -> torch.Tensor:
+    """torch (H, W), (C, H, W), (B, C, H, W) -> (B, C, H, W)."""
+    if image.ndim not in (2, 3, 4):
+        raise ValueError(f"{name}: expected a tensor (H, W), (C, H, W) or (B, C, H, W); got shape {tuple(image.shape)}")
+    if not (image.dtype == torch.uint8 or image.dtype.is_floating_point):
+        raise ValueError(f"{name}: expected uint8 or floating-point values, got {image.dtype}")
+    if image.ndim == 2:
+        return image[None, None]
+    if image.ndim == 3:
+        return image[None]
+    return image
+
+
+def to_image_batch(image: ImageLike, name: str = "image") -> torch.Tensor:
     """An image or a batch of images -> (B, 3, H, W) float32 in 0..255, on the input's device.
 
     Accepted: uint8 or float (0..255) numpy (H, W), (H, W, C), (B, H, W, C); PIL images (RGB, L, P);
     torch (H, W), (C, H, W), (B, C, H, W); C is 3, or 1 (grayscale, repeated to 3 channels).
     """
-    if hasattr(image, "mode") and hasattr(image, "getbands"):  # PIL.Image.Image, without importing PIL
+    if not isinstance(image, (np.ndarray, torch.Tensor)) and hasattr(image, "getbands"):  # PIL, not imported
         image = _pil_to_numpy(image, name)
     if isinstance(image, np.ndarray):
-        if image.ndim not in (2, 3, 4):
-            raise ValueError(
-                f"{name}: expected a numpy array (H, W), (H, W, C) or (B, H, W, C); got shape {image.shape}"
-            )
-        _check_dtype(image.dtype, np.uint8, np.floating, name)
-        array = np.ascontiguousarray(image)
-        if not array.flags.writeable:  # e.g. np.asarray(PIL image); torch wants writable memory
-            array = array.copy()
-        tensor = torch.from_numpy(array)
-        if tensor.ndim == 2:
-            tensor = tensor[None, :, :, None]
-        elif tensor.ndim == 3:
-            tensor = tensor[None]
-        tensor = tensor.permute(0, 3, 1, 2)
+        tensor = _numpy_to_tensor(image, name)
     elif isinstance(image, torch.Tensor):
-        if image.ndim not in (2, 3, 4):
-            raise ValueError(
-                f"{name}: expected a tensor (H, W), (C, H, W) or (B, C, H, W); got shape {tuple(image.shape)}"
-            )
-        if not (image.dtype == torch.uint8 or image.dtype.is_floating_point):
-            raise ValueError(f"{name}: expected uint8 or floating-point values, got {image.dtype}")
-        tensor = image
-        if tensor.ndim == 2:
-            tensor = tensor[None, None]
-        elif tensor.ndim == 3:
-            tensor = tensor[None]
+        tensor = _batch_tensor(image, name)
     else:
         raise TypeError(f"{name}: expected a numpy array, a torch tensor or a PIL image, got {type(image).__name__}")
 

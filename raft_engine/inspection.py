@@ -111,9 +111,11 @@ def trace_model(
     coords0 = coords_grid(1, *grid, fmap1.device)
     coords1 = coords0 if flow_init is None else coords0 + flow_init
     hidden = net
-    positions = [[] for _ in cells]
-    windows = [[] for _ in cells]
-    motion_features, delta_flow, flow_low = [], [], []
+    positions: list[list[list[float]]] = [[] for _ in cells]
+    windows: list[list[list[np.ndarray]]] = [[] for _ in cells]
+    motion_features: list[torch.Tensor] = []
+    delta_flow: list[torch.Tensor] = []
+    flow_low: list[torch.Tensor] = []
     for _ in range(iters):
         corr = model.correlation.lookup(corr_state, coords1)
         motion = model.update_block.motion_features(corr, coords1 - coords0)

@@ -46,12 +46,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"no such image file: {path}")
     try:
-        image = Image.open(path)
+        opened = Image.open(path)
         # Pillow decodes 16-bit colour PNGs to 8-bit "RGB"; the raw mode of the tile still says 16.
-        rawmodes = [str(tile[3]) for tile in image.tile]  # (codec, extents, offset, rawmode)
-        image.load()
+        rawmodes = [str(tile[3]) for tile in opened.tile]  # (codec, extents, offset, rawmode)
+        opened.load()
     except (OSError, SyntaxError) as error:  # PIL raises these for unreadable or truncated files
         raise ValueError(f"cannot read image {path}: {error}") from error
+    image: Image.Image = opened  # conversions below return plain images
     if image.mode in ("I", "I;16", "I;16B", "F") or any(";16" in mode for mode in rawmodes):
         raise ValueError(
             f"{path} is a 16-bit or floating-point image (mode {image.mode}); convert it to 8-bit RGB first"

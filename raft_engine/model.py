@@ -48,10 +48,11 @@ class FlowResult:
 
     flow: (B, 2, H, W) float32 at the input resolution, in pixels, (u, v) = (x, y) displacement.
     flow_low: (B, 2, H'/8, W'/8) float32 on the padded 1/8 grid, in 1/8-grid cells; pass it as
-    `flow_init` of the next pair of a sequence to warm-start it."""
+    `flow_init` of the next pair of a sequence to warm-start it. None only from an ONNX graph exported
+    without the flow_low output."""
 
     flow: torch.Tensor
-    flow_low: torch.Tensor
+    flow_low: torch.Tensor | None
 
 
 def coords_grid(batch: int, height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -99,17 +100,16 @@ class RAFT(nn.Module):
             else Encoder(widths, block, config.context_norm, config.hidden_dim + config.context_dim)
         )
         self.update_block = update_block if update_block is not None else UpdateBlock(config)
-        if correlation is None:
-            correlation = DenseCorrelation(config.corr_levels, config.corr_radius)
+        correlation = correlation or DenseCorrelation(config.corr_levels, config.corr_radius)
         if (correlation.levels, correlation.radius) != (config.corr_levels, config.corr_radius):
             raise ValueError(
                 f"the correlation part has {correlation.levels} levels of radius {correlation.radius}; RAFT-"
                 f"{config.variant} needs {config.corr_levels} levels of radius {config.corr_radius}"
             )
         self.correlation: Correlation = correlation
-        if upsampler is None:
-            upsampler = ConvexUpsampler() if config.convex_upsampling else BilinearUpsampler()
-        self.upsampler: Upsampler = upsampler
+        self.upsampler: Upsampler = upsampler or (
+            ConvexUpsampler() if config.convex_upsampling else BilinearUpsampler()
+        )
 
     def parts(self) -> dict[str, Any]:
         """The trained modules, as keyword arguments of `RAFT(config, ...)`: a model built with them

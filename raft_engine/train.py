@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,16 +133,16 @@ def _save_atomically(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | None = None) -> RAFT:
+def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | torch.device | None = None) -> RAFT:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if config.threads:
         torch.set_num_threads(config.threads)
     checkpoint_path = run_dir / "checkpoint.pth"
 
     torch.manual_seed(config.seed)
-    model = RAFT(RAFTConfig.from_variant(config.variant)).to(device).train()
+    model = RAFT(RAFTConfig.from_variant(config.variant)).to(where).train()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=config.epsilon
     )
@@ -155,7 +156,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | None = 
     )
     step, elapsed = 0, 0.0
     if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        state = torch.load(checkpoint_path, map_location=where, weights_only=True)
         if state["config"] != dataclasses.asdict(config):
             raise ValueError(f"{checkpoint_path} was written with another configuration: {state['config']}")
         model.load_state_dict(state["model"])
@@ -163,7 +164,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | None = 
         schedule.load_state_dict(state["schedule"])
         step, elapsed = state["step"], state["elapsed"]
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=where.type == "cuda")
     log_path = run_dir / "log.jsonl"
     if log_path.is_file():  # steps after the last checkpoint are redone: drop their lines
         kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
@@ -177,7 +178,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | None = 
                 config.height,
                 config.width,
                 config.max_displacement,
-                device,
+                where,
             )
             predictions = training_predictions(model, image1, image2, config.iters, autocast)
             loss, metrics = sequence_loss([p.float() for p in predictions], flow, config.gamma, config.max_flow)
@@ -197,7 +198,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | None = 
             }
             if step % config.validate_every == 0 or step == config.steps:
                 record["val_epe"] = evaluate(
-                    model, range(config.validation_pairs), config.height, config.width, 12, device
+                    model, range(config.validation_pairs), config.height, config.width, 12, where
                 )
             if not math.isfinite(metrics["loss"]):
                 raise FloatingPointError(f"training diverged at step {step}: {record}")
@@ -219,7 +220,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | None = 
         "config": dataclasses.asdict(config),
         "steps": step,
         "training_seconds": round(elapsed, 1),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(where) if where.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "training_seeds": f"{TRAINING_SEED_START + config.seed * SEEDS_PER_RUN} + k, k < {step * config.batch_size}",
     }
@@ -230,7 +231,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | None = 
 # The held-out set the built-in model is judged on: seeds the training never draws, at 384x512 where
 # objects translate by up to 77 px (generate_pair's default; with rotation and scale some points
 # move further), 12 iterations.
-HELD_OUT = {"seeds": list(range(8)), "height": 384, "width": 512, "iters": 12}
+HELD_OUT: dict[str, Any] = {"seeds": list(range(8)), "height": 384, "width": 512, "iters": 12}
 
 
 def held_out_epe(model: RAFT, device="cpu", seeds=None) -> float:

@@ -110,6 +110,9 @@ class UpdateBlock(nn.Module):
 
     def __init__(self, config: RAFTConfig) -> None:
         super().__init__()
+        self.encoder: BasicMotionEncoder | SmallMotionEncoder
+        self.gru: SepConvGRU | ConvGRU
+        self.mask: nn.Sequential | None
         if config.variant == "large":
             self.encoder = BasicMotionEncoder(config.corr_channels)
             self.gru = SepConvGRU(config.hidden_dim, config.context_dim + self.encoder.out_channels)
