@@ -7,7 +7,15 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from raft_engine.config import RAFTConfig
+    from raft_engine.engine import FlowEngine
+    from raft_engine.model import RAFT
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
@@ -47,6 +55,77 @@ def _pixel(text: str) -> tuple[float, float]:
     return x, y
 
 
+# Iterations when --iters is not given: the default of FlowEngine.estimate and of export_onnx.
+DEFAULT_ITERS = 12
+# FlowEngine's options that the command line passes through when given (see _make_engine).
+ENGINE_OPTIONS = ("device", "dtype", "padding", "backend", "corr")
+
+
+def _shared_options() -> dict[str, dict]:
+    """The options several commands share, declared once: every command offers the same choices (the
+    library's own constants) and the same default, None. None marks an option as not given, which
+    `flow --onnx` needs to refuse the options a graph fixes; it stands for the default that the help
+    states and that the library applies (see _make_engine)."""
+    from raft_engine.config import VARIANTS
+    from raft_engine.engine import BACKENDS, CORR_MODES
+    from raft_engine.inputs import DTYPE_NAMES, PADDING_MODES
+
+    return {
+        "weights": dict(
+            metavar="W",
+            help="checkpoint file (.pth/.pt/.safetensors, published or torchvision layout), preset name, or "
+            "builtin (the default: the package's own RAFT-small, offline)",
+        ),
+        "iters": dict(type=int, metavar="N", help=f"refinement iterations (default {DEFAULT_ITERS})"),
+        "device": dict(metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda if available)"),
+        "dtype": dict(choices=DTYPE_NAMES, help="compute precision (default fp32)"),
+        "padding": dict(choices=PADDING_MODES, help="how to pad to a multiple of 8 (default sintel)"),
+        "backend": dict(
+            choices=BACKENDS, help="Triton kernels or the PyTorch reference (default: triton on CUDA, torch on the CPU)"
+        ),
+        "corr": dict(
+            choices=CORR_MODES,
+            help="dense correlation volume, or on-demand correlation in O(HW) memory "
+            "(default: on-demand when the volume would exceed 2 GiB)",
+        ),
+        "variant": dict(choices=VARIANTS, help="expected RAFT variant (default: inferred from the checkpoint)"),
+    }
+
+
+def _add_shared(container, names: tuple[str, ...], helps: dict[str, str]) -> None:
+    """Add the named shared options to a parser or an argument group; `helps` may reword an option's help
+    for one command, never its choices or default."""
+    options = _shared_options()
+    for name in names:
+        option = {**options[name], **({"help": helps[name]} if name in helps else {})}
+        container.add_argument(f"--{name}", default=None, **option)
+
+
+def _options(*names: str, **helps: str) -> argparse.ArgumentParser:
+    """A parent parser (argparse's `parents=`) holding the named shared options."""
+    parent = argparse.ArgumentParser(add_help=False)
+    _add_shared(parent, names, helps)
+    return parent
+
+
+def _model_source() -> argparse.ArgumentParser:
+    """flow's parent parser for where the model comes from: a checkpoint (--weights) or an exported graph
+    (--onnx), never both."""
+    from raft_engine.export.ort_session import PROVIDER_CHOICES
+
+    parent = argparse.ArgumentParser(add_help=False)
+    source = parent.add_mutually_exclusive_group()
+    _add_shared(source, ("weights",), {})
+    source.add_argument("--onnx", metavar="FILE", help="run an exported graph with ONNX Runtime instead")
+    parent.add_argument(
+        "--providers",
+        default=None,
+        choices=PROVIDER_CHOICES,
+        help="with --onnx: ONNX Runtime execution provider (default: cuda if available)",
+    )
+    return parent
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from raft_engine import __version__
 
@@ -56,26 +135,21 @@ def _build_parser() -> argparse.ArgumentParser:
 
     flow = commands.add_parser(
         "flow",
+        parents=[
+            _model_source(),
+            _options(
+                "iters",
+                *ENGINE_OPTIONS,
+                "variant",
+                iters=f"refinement iterations (default {DEFAULT_ITERS}; --onnx: the graph's)",
+            ),
+        ],
         help="estimate the flow of a pair or of consecutive frames",
         description="Estimate optical flow. Two files: one flow image (-o is a file). A folder or a longer "
         "list of frames: one flow per consecutive pair (-o and --flo are folders, files named after the "
         "first frame of each pair).",
     )
     flow.add_argument("frames", nargs="+", metavar="FRAME", help="two images, a list of images, or one folder")
-    source = flow.add_mutually_exclusive_group()
-    source.add_argument(
-        "--weights",
-        metavar="W",
-        help="checkpoint file (.pth/.pt/.safetensors, published or torchvision layout), preset name, or "
-        "builtin (the default: the package's own RAFT-small, offline)",
-    )
-    source.add_argument("--onnx", metavar="FILE", help="run an exported graph with ONNX Runtime instead")
-    flow.add_argument(
-        "--providers",
-        default=None,
-        choices=("auto", "cuda", "tensorrt", "cpu"),
-        help="with --onnx: ONNX Runtime execution provider (default: cuda if available)",
-    )
     flow.add_argument(
         "-o",
         "--output",
@@ -84,27 +158,6 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     flow.add_argument(
         "--flo", metavar="PATH", help="also write Middlebury .flo: a file for a pair, a folder for a sequence"
-    )
-    flow.add_argument(
-        "--iters", type=int, default=None, metavar="N", help="refinement iterations (default 12; --onnx: the graph's)"
-    )
-    flow.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    flow.add_argument(
-        "--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="compute precision (default fp32)"
-    )
-    flow.add_argument("--padding", default="sintel", choices=("sintel", "kitti"), help="how to pad to a multiple of 8")
-    flow.add_argument(
-        "--backend",
-        default=None,
-        choices=("auto", "torch", "triton"),
-        help="Triton kernels or the PyTorch reference (default: triton on CUDA, torch on the CPU)",
-    )
-    flow.add_argument(
-        "--corr",
-        default=None,
-        choices=("auto", "volume", "ondemand"),
-        help="dense correlation volume, or on-demand correlation in O(HW) memory "
-        "(default: on-demand when the volume would exceed 2 GiB)",
     )
     flow.add_argument(
         "--warm-start", action="store_true", help="sequences: start each pair from the previous pair's 1/8 flow"
@@ -116,26 +169,15 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="M",
         help="flow length drawn at full saturation (default: each image's own maximum)",
     )
-    flow.add_argument(
-        "--variant",
-        choices=("large", "small"),
-        default=None,
-        help="expected RAFT variant (default: inferred from the checkpoint)",
-    )
 
     inspect = commands.add_parser(
         "inspect",
+        parents=[_options("weights", "iters", *ENGINE_OPTIONS)],
         help="pictures of RAFT's internals for a pair: response maps, correspondences, windows, features",
         description="Trace one pair and write PNG/GIF pictures and an index.html into the output folder.",
     )
     inspect.add_argument("image1", metavar="IMG1")
     inspect.add_argument("image2", metavar="IMG2")
-    inspect.add_argument(
-        "--weights",
-        default="builtin",
-        metavar="W",
-        help="checkpoint file or preset name (default: the built-in RAFT-small)",
-    )
     inspect.add_argument(
         "--pixel",
         action="append",
@@ -144,25 +186,13 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="X,Y",
         help="a test pixel in image 1 (repeat for more)",
     )
-    inspect.add_argument("--iters", type=int, default=12, metavar="N", help="refinement iterations (default 12)")
     inspect.add_argument("-o", "--output", default="inspect", metavar="DIR", help="output folder (default inspect/)")
-    inspect.add_argument("--device", default=None, metavar="D")
-    inspect.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
-    inspect.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"))
-    inspect.add_argument("--corr", default="auto", choices=("auto", "volume", "ondemand"))
-    inspect.add_argument("--padding", default="sintel", choices=("sintel", "kitti"))
 
     export = commands.add_parser(
         "export",
+        parents=[_options("weights", "iters", iters=f"unrolled iterations (default {DEFAULT_ITERS})")],
         help="export a model to ONNX with a fixed iteration count and input size, verified with ONNX Runtime",
     )
-    export.add_argument(
-        "--weights",
-        default="builtin",
-        metavar="W",
-        help="checkpoint file or preset name (default: the built-in RAFT-small)",
-    )
-    export.add_argument("--iters", type=int, default=12, metavar="N", help="unrolled iterations (default 12)")
     export.add_argument("--height", type=int, required=True, metavar="H", help="input height, a multiple of 8")
     export.add_argument("--width", type=int, required=True, metavar="W", help="input width, a multiple of 8")
     export.add_argument("-o", "--output", default="raft.onnx", metavar="FILE", help="default raft.onnx")
@@ -175,6 +205,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
+        parents=[_options("weights", "iters", "device")],
         help="flow of a generated pair with the built-in model, beside the exact flow, and its error",
         description="Generate a held-out pair (never used in training), estimate its flow and write the two frames, "
         "the flow, the ground truth and all four side by side; print the end-point error.",
@@ -183,150 +214,176 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--seed", type=int, default=3, help="scene seed, below 1000000 (default 3: a held-out pair of typical error)"
     )
-    demo.add_argument("--height", type=int, default=384)
-    demo.add_argument("--width", type=int, default=512)
-    demo.add_argument("--iters", type=int, default=12)
-    demo.add_argument("--weights", default="builtin", metavar="W", help="default: the built-in RAFT-small")
-    demo.add_argument("--device", default=None, metavar="D")
+    demo.add_argument("--height", type=int, default=384, metavar="H", help="image height (default 384)")
+    demo.add_argument("--width", type=int, default=512, metavar="W", help="image width (default 512)")
+    # main() hands `bench` to the benchmark's own parser before this one runs: listed here for --help only.
     commands.add_parser("bench", help="benchmark configurations (options: raft-engine bench --help)", add_help=False)
-    presets = commands.add_parser("presets", help="list the named weights and whether they are cached")
-    presets.set_defaults(command="presets")
+    commands.add_parser("presets", help="list the named weights and whether they are cached")
     return parser
 
 
-def _run_flow(args: argparse.Namespace) -> None:
-    import numpy as np
-    from tqdm import tqdm
+def _weights(args: argparse.Namespace) -> str:
+    return "builtin" if args.weights is None else args.weights
 
-    from raft_engine.engine import FlowEngine
-    from raft_engine.io import read_image, write_flo, write_image
-    from raft_engine.viz import flow_to_color
-    from raft_engine.weights import load_model
 
-    frames, single_pair = collect_frames(args.frames)
+def _iters(args: argparse.Namespace) -> int:
+    return DEFAULT_ITERS if args.iters is None else args.iters
+
+
+def _check_iters(args: argparse.Namespace) -> None:
     if args.iters is not None and args.iters < 1:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
+
+
+def _make_engine(args: argparse.Namespace, model: RAFT) -> FlowEngine:
+    """A FlowEngine with the engine options the command gave; an option left at None is not passed, so
+    FlowEngine's own default applies and the command line cannot drift from the library."""
+    from raft_engine.engine import FlowEngine
+
+    given = {name: getattr(args, name) for name in ENGINE_OPTIONS if getattr(args, name, None) is not None}
+    return FlowEngine(model, **given)
+
+
+def _check_flow_args(args: argparse.Namespace, single_pair: bool) -> None:
+    _check_iters(args)
     if args.warm_start and single_pair:
         raise UserError("--warm-start needs a sequence of more than two frames")
     if args.max_magnitude is not None and not args.max_magnitude > 0:
         raise UserError(f"--max-magnitude must be positive, got {args.max_magnitude}")
 
+
+def _flow_targets(args: argparse.Namespace, frames: list[Path], single_pair: bool) -> list[tuple[Path, Path | None]]:
+    """-> (flow image, .flo file or None) for each consecutive pair; a sequence's folders are created."""
+    flo = Path(args.flo) if args.flo else None
     if single_pair:
-        image_out = Path(args.output or "flow.png")
-        flo_out = Path(args.flo) if args.flo else None
-        targets = [(image_out, flo_out)]
-    else:
-        image_dir = Path(args.output or "flow")
-        flo_dir = Path(args.flo) if args.flo else None
-        for folder in filter(None, (image_dir, flo_dir)):
-            if folder.exists() and not folder.is_dir():
-                raise UserError(
-                    f"{folder} exists and is not a folder; a sequence writes one file per pair into a folder"
-                )
-            folder.mkdir(parents=True, exist_ok=True)
-        targets = [
-            (image_dir / f"{frame.stem}.png", flo_dir / f"{frame.stem}.flo" if flo_dir else None)
-            for frame in frames[:-1]
-        ]
-
-    if not single_pair:
-        stems = [frame.stem for frame in frames[:-1]]
-        clashes = sorted({stem for stem in stems if stems.count(stem) > 1})
-        if clashes:
-            raise UserError(
-                f"several frames are named {clashes[0]!r} (in other folders or formats); their flows "
-                "would overwrite each other in the output folder"
-            )
-    if args.onnx:
-        from raft_engine.export import OrtFlowSession
-
-        given = [
-            f"--{name}" for name in ("device", "dtype", "backend", "corr", "variant") if getattr(args, name) is not None
-        ]
-        if given:
-            raise UserError(f"{', '.join(given)} do(es) not apply with --onnx: the exported graph fixes them")
-        if args.warm_start:
-            raise UserError("--warm-start is not available with --onnx: the exported graph has no flow_init input")
-        session = OrtFlowSession(args.onnx, providers=args.providers or "auto", padding=args.padding)
-        exported_iters = int(session.metadata["raft_engine.iterations"])
-        if args.iters is not None and args.iters != exported_iters:
-            raise UserError(f"{args.onnx} was exported with {exported_iters} iterations, not --iters {args.iters}")
-        args.iters = exported_iters
-
-        def estimate(image1, image2, flow_init):
-            return session.estimate(image1, image2)
-
-        variant = session.metadata["raft_engine.variant"]
-        describe = f"ONNX Runtime {session.providers[0]}"
-    else:
-        if args.providers is not None:
-            raise UserError("--providers applies with --onnx only")
-        args.iters = args.iters or 12
-        model = load_model(args.weights or "builtin", variant=args.variant)
-        engine = FlowEngine(
-            model,
-            device=args.device,
-            dtype=args.dtype,
-            padding=args.padding,
-            backend=args.backend or "auto",
-            corr=args.corr or "auto",
+        return [(Path(args.output or "flow.png"), flo)]
+    image_dir = Path(args.output or "flow")
+    for folder in filter(None, (image_dir, flo)):
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{folder} exists and is not a folder; a sequence writes one file per pair into a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+    stems = [frame.stem for frame in frames[:-1]]
+    clashes = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if clashes:
+        raise UserError(
+            f"several frames are named {clashes[0]!r} (in other folders or formats); their flows "
+            "would overwrite each other in the output folder"
         )
+    return [(image_dir / f"{stem}.png", flo / f"{stem}.flo" if flo else None) for stem in stems]
 
-        def estimate(image1, image2, flow_init):
-            return engine.estimate(image1, image2, iters=args.iters, flow_init=flow_init)
 
-        variant = model.config.variant
+@dataclass
+class _Estimator:
+    """What `flow` runs each pair through: the engine or an ONNX Runtime session."""
 
-        def describe_engine(height, width):
-            return f"{engine.device}, {engine.backend}, corr {engine.corr_mode_for(1, height, width)}"
+    estimate: Callable  # (image1, image2, flow_init or None) -> FlowResult
+    iters: int
+    variant: str
+    describe: Callable[[int, int], str]  # (height, width) -> where and how it ran, for the summary line
 
-    start = time.perf_counter()
+
+def _onnx_estimator(args: argparse.Namespace) -> _Estimator:
+    from raft_engine.export import OrtFlowSession
+
+    # --padding is not among them: the session pads the images as the engine does.
+    given = [
+        f"--{name}" for name in ("device", "dtype", "backend", "corr", "variant") if getattr(args, name) is not None
+    ]
+    if given:
+        raise UserError(f"{', '.join(given)} do(es) not apply with --onnx: the exported graph fixes them")
+    if args.warm_start:
+        raise UserError("--warm-start is not available with --onnx: the exported graph has no flow_init input")
+    padding = {} if args.padding is None else {"padding": args.padding}
+    session = OrtFlowSession(args.onnx, providers=args.providers or "auto", **padding)
+    exported_iters = int(session.metadata["raft_engine.iterations"])
+    if args.iters is not None and args.iters != exported_iters:
+        raise UserError(f"{args.onnx} was exported with {exported_iters} iterations, not --iters {args.iters}")
+    return _Estimator(
+        estimate=lambda image1, image2, flow_init: session.estimate(image1, image2),
+        iters=exported_iters,
+        variant=session.metadata["raft_engine.variant"],
+        describe=lambda height, width: f"ONNX Runtime {session.providers[0]}",
+    )
+
+
+def _engine_estimator(args: argparse.Namespace) -> _Estimator:
+    from raft_engine.weights import load_model
+
+    if args.providers is not None:
+        raise UserError("--providers applies with --onnx only")
+    iters = _iters(args)
+    model = load_model(_weights(args), variant=args.variant)
+    engine = _make_engine(args, model)
+    return _Estimator(
+        estimate=lambda image1, image2, flow_init: engine.estimate(image1, image2, iters=iters, flow_init=flow_init),
+        iters=iters,
+        variant=model.config.variant,
+        describe=lambda height, width: (
+            f"{engine.device}, {engine.backend}, corr {engine.corr_mode_for(1, height, width)}"
+        ),
+    )
+
+
+def _write_flows(
+    frames: list[Path],
+    targets: list[tuple[Path, Path | None]],
+    estimator: _Estimator,
+    warm_start: bool,
+    max_magnitude: float | None,
+    progress: bool,
+) -> tuple[int, int]:
+    """Estimate and write the flow of each consecutive pair -> the frames' (height, width)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from raft_engine.io import read_image, write_flo, write_image
+    from raft_engine.viz import flow_to_color
+
     previous = read_image(frames[0])
     flow_low = None
     pairs = tqdm(
         list(zip(frames[1:], targets, strict=True)),
         desc="flow",
         unit="pair",
-        disable=single_pair or None,
+        disable=not progress or None,  # None: tqdm shows the bar on a terminal only
         file=sys.stderr,
     )
     for frame, (image_out, flo_out) in pairs:
         current = read_image(frame)
-        result = estimate(previous, current, flow_low if args.warm_start else None)
+        result = estimator.estimate(previous, current, flow_low if warm_start else None)
         flow = result.flow[0]
-        write_image(image_out, flow_to_color(flow, args.max_magnitude))
+        write_image(image_out, flow_to_color(flow, max_magnitude))
         if flo_out is not None:
             write_flo(flo_out, flow)
         previous, flow_low = current, result.flow_low
-    elapsed = time.perf_counter() - start
     height, width = np.asarray(previous).shape[:2]
+    return height, width
+
+
+def _run_flow(args: argparse.Namespace) -> None:
+    frames, single_pair = collect_frames(args.frames)
+    _check_flow_args(args, single_pair)
+    targets = _flow_targets(args, frames, single_pair)
+    estimator = _onnx_estimator(args) if args.onnx else _engine_estimator(args)
+    start = time.perf_counter()
+    height, width = _write_flows(frames, targets, estimator, args.warm_start, args.max_magnitude, not single_pair)
+    elapsed = time.perf_counter() - start
     where = targets[0][0] if single_pair else targets[0][0].parent
-    if not args.onnx:
-        describe = describe_engine(height, width)
     print(
-        f"wrote {len(targets)} flow field(s) of {height}x{width} to {where} (RAFT-{variant}, {args.iters} iterations, "
-        f"{describe}, {elapsed:.2f} s)"
+        f"wrote {len(targets)} flow field(s) of {height}x{width} to {where} (RAFT-{estimator.variant}, "
+        f"{estimator.iters} iterations, {estimator.describe(height, width)}, {elapsed:.2f} s)"
     )
 
 
 def _run_inspect(args: argparse.Namespace) -> None:
-    from raft_engine.engine import FlowEngine
     from raft_engine.io import read_image
     from raft_engine.report import write_report
     from raft_engine.weights import load_model
 
-    if args.iters < 1:
-        raise UserError(f"--iters must be >= 1, got {args.iters}")
+    _check_iters(args)
     image1, image2 = read_image(args.image1), read_image(args.image2)
-    engine = FlowEngine(
-        load_model(args.weights),
-        device=args.device,
-        dtype=args.dtype,
-        padding=args.padding,
-        backend=args.backend,
-        corr=args.corr,
-    )
-    trace = engine.trace(image1, image2, iters=args.iters, pixels=args.pixel)
+    engine = _make_engine(args, load_model(_weights(args)))
+    trace = engine.trace(image1, image2, iters=_iters(args), pixels=args.pixel)
     files = write_report(trace, image1, args.output)
     print(f"wrote {len(files)} files to {args.output}; open {files[-1]}")
 
@@ -338,9 +395,9 @@ def _run_export(args: argparse.Namespace) -> None:
 
     try:
         report = export_onnx(
-            load_model(args.weights),
+            load_model(_weights(args)),
             args.output,
-            iters=args.iters,
+            iters=_iters(args),
             height=args.height,
             width=args.width,
             batch=args.batch,
@@ -355,11 +412,17 @@ def _run_export(args: argparse.Namespace) -> None:
     print(report)
 
 
+def _smallest_side(config: RAFTConfig) -> int:
+    """The smallest image side a model of this configuration accepts: sides are padded up to the next
+    multiple of 8 and must then reach `min_image_size`, itself a multiple of 8, so a side up to 7 pixels
+    short of it still passes."""
+    return config.min_image_size - 7
+
+
 def _run_demo(args: argparse.Namespace) -> None:
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from raft_engine.engine import FlowEngine
     from raft_engine.io import write_flo, write_image
     from raft_engine.scenes import TRAINING_SEED_START, generate_pair
     from raft_engine.viz import flow_to_color
@@ -367,16 +430,19 @@ def _run_demo(args: argparse.Namespace) -> None:
 
     if not 0 <= args.seed < TRAINING_SEED_START:
         raise UserError(f"--seed must be in 0..{TRAINING_SEED_START - 1}: larger seeds are the training data's")
-    if args.iters < 1:
-        raise UserError(f"--iters must be >= 1, got {args.iters}")
-    if min(args.height, args.width) < 121:
+    _check_iters(args)
+    iters = _iters(args)
+    model = load_model(_weights(args))
+    smallest = _smallest_side(model.config)
+    if min(args.height, args.width) < smallest:
         raise UserError(
-            f"--height and --width must be at least 121 (RAFT needs 128 after padding), got {args.height}x{args.width}"
+            f"--height and --width must be at least {smallest} (RAFT-{model.config.variant} needs "
+            f"{model.config.min_image_size} after padding to a multiple of 8), got {args.height}x{args.width}"
         )
-    engine = FlowEngine(load_model(args.weights), device=args.device)
+    engine = _make_engine(args, model)
     pair = generate_pair(args.seed, args.height, args.width)
     start = time.perf_counter()
-    flow = engine(pair.image1, pair.image2, iters=args.iters)[0].permute(1, 2, 0).cpu().numpy()
+    flow = engine(pair.image1, pair.image2, iters=iters)[0].permute(1, 2, 0).cpu().numpy()
     elapsed = time.perf_counter() - start
     error = np.linalg.norm(flow - pair.flow, axis=2)
     largest = float(np.linalg.norm(pair.flow, axis=2).max())
@@ -409,11 +475,11 @@ def _run_demo(args: argparse.Namespace) -> None:
     print(
         f"seed {args.seed}, {args.height}x{args.width}, displacements up to {largest:.0f} px: "
         f"EPE {error.mean():.2f} px, {100 * (error < 1).mean():.0f}% of pixels within 1 px "
-        f"({engine.config.variant}, {args.iters} iterations, {engine.device}, {elapsed:.2f} s); wrote {out}/demo.png"
+        f"({engine.config.variant}, {iters} iterations, {engine.device}, {elapsed:.2f} s); wrote {out}/demo.png"
     )
 
 
-def _run_presets() -> None:
+def _run_presets(args: argparse.Namespace) -> None:
     from raft_engine.weights import PRESETS, cache_dir
 
     folder = cache_dir()
@@ -429,6 +495,16 @@ _OPTIONAL = {
     "onnx": "pip install onnx onnxscript (the project's [onnx] extra)",
     "onnxscript": "pip install onnx onnxscript (the project's [onnx] extra)",
     "onnxruntime": "pip install onnxruntime-gpu (or the CPU-only onnxruntime)",
+}
+
+
+# What runs each command; `bench` is not here: main() hands it to raft_engine.benchmark before parsing.
+_COMMANDS = {
+    "flow": _run_flow,
+    "inspect": _run_inspect,
+    "export": _run_export,
+    "demo": _run_demo,
+    "presets": _run_presets,
 }
 
 
@@ -449,16 +525,7 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.showwarning = show_warning
     try:
-        if args.command == "flow":
-            _run_flow(args)
-        elif args.command == "demo":
-            _run_demo(args)
-        elif args.command == "export":
-            _run_export(args)
-        elif args.command == "inspect":
-            _run_inspect(args)
-        elif args.command == "presets":
-            _run_presets()
+        _COMMANDS[args.command](args)
     except (UserError, ValueError, OSError) as error:
         print(f"raft-engine: error: {error}", file=sys.stderr)
         return 1

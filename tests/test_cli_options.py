@@ -1,0 +1,94 @@
+"""The command line's shared options follow the library: same choices, same default in every command;
+the demo's minimum image size follows the model configuration."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from raft_engine import RAFTConfig
+from raft_engine.cli import _build_parser, _make_engine, main
+from raft_engine.config import VARIANTS
+from raft_engine.engine import BACKENDS, CORR_MODES
+from raft_engine.inputs import DTYPE_NAMES, PADDING_MODES, Padder
+from raft_engine.weights import load_model
+
+LIBRARY_CHOICES = {
+    "backend": BACKENDS,
+    "corr": CORR_MODES,
+    "padding": PADDING_MODES,
+    "dtype": DTYPE_NAMES,
+    "variant": VARIANTS,
+}
+# Which commands take each option: a command losing one, or the test finding none, fails loudly.
+TAKEN_BY = {
+    "backend": {"flow", "inspect"},
+    "corr": {"flow", "inspect"},
+    "padding": {"flow", "inspect"},
+    "dtype": {"flow", "inspect"},
+    "variant": {"flow"},
+    "weights": {"flow", "inspect", "export", "demo"},
+    "iters": {"flow", "inspect", "export", "demo"},
+    "device": {"flow", "inspect", "demo"},
+}
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    return _build_parser()._subparsers._group_actions[0].choices
+
+
+def _option(command: argparse.ArgumentParser, name: str) -> argparse.Action | None:
+    return command._option_string_actions.get(f"--{name}")
+
+
+@pytest.mark.parametrize("name", sorted(TAKEN_BY))
+def test_shared_option_is_the_same_in_every_command(name):
+    found = {command: _option(parser, name) for command, parser in _commands().items() if _option(parser, name)}
+    assert set(found) == TAKEN_BY[name]
+    for command, action in found.items():
+        # None: not given (flow --onnx refuses the options a graph fixes); the library's default applies.
+        assert action.default is None, (command, action.default)
+        assert action.choices == LIBRARY_CHOICES.get(name), (command, action.choices)
+        assert "default" in action.help, (command, action.help)
+
+
+def test_omitted_engine_options_leave_the_library_defaults():
+    args = _build_parser().parse_args(["inspect", "a.png", "b.png", "--pixel", "1,2", "--device", "cpu"])
+    engine = _make_engine(args, load_model("builtin"))
+    assert (engine.device.type, engine.dtype, engine.padding, engine.corr) == ("cpu", torch.float32, "sintel", "auto")
+    assert engine.backend == "torch"  # "auto" on the CPU
+
+
+def _smallest_accepted_side(config: RAFTConfig) -> int:
+    # Counted from the padding itself rather than from a formula like the one under test.
+    return next(side for side in range(1, 1024) if Padder(side, side).padded_size[0] >= config.min_image_size)
+
+
+def _demo(tmp_path, capsys, height, width):
+    code = main(["demo", "-o", str(tmp_path / "demo"), "--height", str(height), "--width", str(width),
+                 "--iters", "1", "--device", "cpu"])  # fmt: skip
+    return code, capsys.readouterr().err
+
+
+def test_demo_minimum_size_follows_the_configuration(tmp_path, capsys):
+    smallest = _smallest_accepted_side(load_model("builtin").config)
+    code, err = _demo(tmp_path, capsys, smallest - 1, smallest + 8)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("raft-engine: error: "), err
+    assert f"at least {smallest}" in lines[0]
+    assert not (tmp_path / "demo" / "demo.png").exists()
+
+    code, err = _demo(tmp_path, capsys, smallest, smallest)
+    assert code == 0, err
+    assert (tmp_path / "demo" / "demo.png").is_file()
+
+
+def test_demo_minimum_size_is_not_a_fixed_number(tmp_path, capsys, monkeypatch):
+    # A configuration that needs a larger padded size moves the minimum with it.
+    monkeypatch.setattr(RAFTConfig, "min_image_size", property(lambda config: 136))
+    smallest = _smallest_accepted_side(load_model("builtin").config)
+    assert smallest == 129
+    code, err = _demo(tmp_path, capsys, smallest - 1, smallest)
+    assert code == 1 and f"at least {smallest}" in err and "needs 136" in err, err
