@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import platform
 import shlex
@@ -23,33 +24,84 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from raft_engine.model import RAFT
+
 RESOLUTIONS = {"sintel": (440, 1024), "kitti": (376, 1248), "1080p": (1088, 1920), "4k": (2160, 3840)}
 BACKENDS = ("torch", "triton", "compiled", "compiled+graphs", "ort-cpu", "ort-cuda", "ort-tensorrt", "torchvision")
 DTYPES = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A named sweep: the option lists it crosses, and the warm-up and timed runs of each configuration."""
+
+    variants: tuple[str, ...]
+    resolutions: tuple[str, ...]  # names in RESOLUTIONS, or HxW
+    batches: tuple[int, ...]
+    iters: tuple[int, ...]
+    dtypes: tuple[str, ...]
+    backends: tuple[str, ...]
+    cpu_backends: tuple[str, ...] | None = None  # the backends off CUDA, where they differ
+    warmup: int = 3
+    runs: int = 20
+
+    def backends_on(self, device: torch.device) -> list[str]:
+        if device.type != "cuda" and self.cpu_backends is not None:
+            return list(self.cpu_backends)
+        return list(self.backends)
+
+    def sizes(self) -> list[tuple[int, int]]:
+        return [parse_resolution(r) for r in self.resolutions]
+
+
 SWEEPS = {
+    # --quick: a smoke test that finishes in under a minute, on any device.
+    "quick": Sweep(
+        variants=("small",),
+        resolutions=("128x160",),
+        batches=(1,),
+        iters=(4,),
+        dtypes=("fp32", "bf16"),
+        backends=("torch", "ort-cpu"),
+        warmup=1,
+        runs=3,
+    ),
+    # Without --quick or --sweep: RAFT-large at Sintel's size, with every GPU backend, or the CPU's.
+    "default": Sweep(
+        variants=("large",),
+        resolutions=("sintel",),
+        batches=(1,),
+        iters=(12,),
+        dtypes=("fp32",),
+        backends=("torch", "triton", "compiled", "compiled+graphs", "ort-cuda", "torchvision"),
+        cpu_backends=("torch", "ort-cpu"),
+    ),
     # The standard GPU sweep: RAFT-large and small, sintel and 1080p, batch 1/8/32, 12 and 32 iterations.
-    "standard": dict(
-        variants=["large", "small"],
-        resolutions=["sintel", "1080p"],
-        batches=[1, 8, 32],
-        iters=[12, 32],
-        dtypes=list(DTYPES),
-        backends=list(BACKENDS),
+    "standard": Sweep(
+        variants=("large", "small"),
+        resolutions=("sintel", "1080p"),
+        batches=(1, 8, 32),
+        iters=(12, 32),
+        dtypes=DTYPES,
+        backends=BACKENDS,
     ),
     # ptlflow's published setting: 500x1000 (padded to 504x1000), 32 iterations, batch 1.
-    "ptlflow": dict(
-        variants=["large"],
-        resolutions=["500x1000"],
-        batches=[1],
-        iters=[32],
-        dtypes=["fp32", "fp16"],
-        backends=list(BACKENDS),
+    "ptlflow": Sweep(
+        variants=("large",),
+        resolutions=("500x1000",),
+        batches=(1,),
+        iters=(32,),
+        dtypes=("fp32", "fp16"),
+        backends=BACKENDS,
     ),
 }
 
@@ -116,9 +168,9 @@ def time_runs(run, device: torch.device, warmup: int, runs: int) -> tuple[list[f
             end.synchronize()
             latencies.append(begin.elapsed_time(end))
         else:
-            begin = time.perf_counter()
+            started = time.perf_counter()
             run()
-            latencies.append(1000 * (time.perf_counter() - begin))
+            latencies.append(1000 * (time.perf_counter() - started))
     return latencies, warmup_s
 
 
@@ -172,17 +224,15 @@ def scene_batch(batch: int, height: int, width: int) -> tuple[torch.Tensor, torc
 def _engine_runner(model, config: BenchConfig, device: torch.device):
     from raft_engine.engine import FlowEngine
 
-    options = dict(device=device, dtype=config.dtype, corr=config.corr)
+    options = functools.partial(FlowEngine, model, device=device, dtype=config.dtype, corr=config.corr)
     if config.backend == "torch":
-        engine = FlowEngine(model, backend="torch", **options)
+        engine = options(backend="torch")
     elif config.backend == "triton":
-        engine = FlowEngine(model, backend="triton", **options)
+        engine = options(backend="triton")
     elif config.backend in ("compiled", "compiled+graphs"):
         if config.backend == "compiled+graphs" and device.type != "cuda":
             raise Unavailable("CUDA graphs need a GPU")
-        engine = FlowEngine(
-            model, compile=True, cuda_graphs=config.backend == "compiled+graphs", backend="auto", **options
-        )
+        engine = options(compile=True, cuda_graphs=config.backend == "compiled+graphs", backend="auto")
     else:
         raise ValueError(config.backend)
     image1, image2 = (x.to(device) for x in scene_batch(config.batch, config.height, config.width))
@@ -231,10 +281,10 @@ def _ort_runner(model, config: BenchConfig, device: torch.device, workdir: Path)
 
 def torchvision_state_dict(model, tv_model) -> dict:
     """This package's weights in torchvision's layout, so the peer computes with the same weights."""
-    from raft_engine.weights import _torchvision_key
+    from raft_engine.weights import torchvision_key
 
     native = model.state_dict()
-    return {key: native[_torchvision_key(key, model.config.variant)] for key in tv_model.state_dict()}
+    return {key: native[torchvision_key(key, model.config.variant)] for key in tv_model.state_dict()}
 
 
 def _torchvision_runner(model, config: BenchConfig, device: torch.device):
@@ -265,7 +315,7 @@ def _torchvision_runner(model, config: BenchConfig, device: torch.device):
 
 
 def versions() -> dict:
-    found = {"python": platform.python_version(), "torch": torch.__version__}
+    found: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__}
     for name in ("triton", "onnxruntime", "torchvision"):
         try:
             found[name] = __import__(name).__version__
@@ -295,11 +345,29 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _load(variant: str, weights: str | None):
+Loaded = tuple["RAFT", str]  # a model and where its weights came from (the records' "weights")
+
+
+def load_weights(sources: list[str]) -> dict[str, Loaded]:
+    """--weights: each checkpoint or preset loaded once -> {variant: (model, source)} (a later source of a
+    variant replaces an earlier one)."""
+    from raft_engine.weights import load_model
+
+    loaded = {}
+    for source in sources:
+        model = load_model(source)
+        loaded[model.config.variant] = (model, source)
+    return loaded
+
+
+def _load(variant: str, weights: str | Loaded | None) -> Loaded:
+    """The model of `variant`: as loaded already, loaded from a checkpoint or preset, or random (seed 0)."""
     from raft_engine.config import RAFTConfig
     from raft_engine.model import RAFT
     from raft_engine.weights import load_model
 
+    if isinstance(weights, tuple):
+        return weights
     if weights:
         model = load_model(weights)
         if model.config.variant != variant:
@@ -313,18 +381,126 @@ MEASURED = (
     "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "pairs_per_s", "warmup_s", "peak_mem_mb",
     "gflop_per_pair", "tflops", "fraction_of_bf16_peak", "epe_vs_fp32", "runs",
 )  # fmt: skip
+ENGINE_BACKENDS = ("torch", "triton", "compiled", "compiled+graphs")
+
+
+@dataclass
+class SweepContext:
+    """What the configurations of one sweep share: the device, the warm-up and run counts, the bf16 peak
+    achieved FLOPs are compared with, the folder of ONNX exports, the fields every record carries, and the
+    caches of fp32 reference flows and FLOP counts (each computed once per shape)."""
+
+    device: torch.device
+    warmup: int
+    runs: int
+    peak: float
+    workdir: Path
+    common: dict = field(default_factory=dict)
+    references: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    flops: dict[tuple, float] = field(default_factory=dict)
+
+    def reference(self, model, config: BenchConfig) -> torch.Tensor:
+        """The fp32 PyTorch flow of `config`'s inputs (on the CPU): what the drift is measured against."""
+        key = (config.variant, config.batch, config.height, config.width, config.iters, config.corr)
+        if key not in self.references:
+            reference_config = replace(config, backend="torch", dtype="fp32")
+            self.references[key] = _engine_runner(model, reference_config, self.device)().float().cpu()
+        return self.references[key]
+
+    def flops_per_pair(self, config: BenchConfig) -> float:
+        key = (config.variant, config.height, config.width, config.iters, config.corr)
+        if key not in self.flops:
+            self.flops[key] = count_flops(config)
+        return self.flops[key]
+
+
+def make_runner(model, config: BenchConfig, device: torch.device, workdir: Path):
+    """A callable running one batch of `config` and returning its flow; Unavailable where it cannot run."""
+    if config.backend in ENGINE_BACKENDS:
+        if config.backend == "triton" and device.type != "cuda":
+            raise Unavailable("the Triton kernels run on CUDA (the CPU only has Triton's interpreter)")
+        return _engine_runner(model, config, device)
+    if config.backend.startswith("ort-"):
+        return _ort_runner(model, config, device, workdir)
+    if config.backend == "torchvision":
+        return _torchvision_runner(model, config, device)
+    raise Unavailable(f"unknown backend {config.backend}")
+
+
+def _reset_memory(device: torch.device) -> int:
+    """Before the timed runs: reset the peak statistics -> the free device memory (0 off CUDA)."""
+    if device.type != "cuda":
+        return 0
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.mem_get_info(device)[0]
+
+
+def _peak_memory(config: BenchConfig, device: torch.device, free_before: int) -> tuple[float | None, str]:
+    """After the timed runs -> (peak device memory in MB, how it was measured)."""
+    if device.type != "cuda":
+        return None, "not measured on the CPU"
+    if config.backend.startswith("ort-"):  # ONNX Runtime's arena is outside torch's allocator
+        return round((free_before - torch.cuda.mem_get_info(device)[0]) / 2**20, 1), "device free-memory drop"
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1), "torch.cuda.max_memory_allocated"
+
+
+def measure(config: BenchConfig, model, context: SweepContext, weights: str) -> dict:
+    """The record of one configuration: make its runner, time it, then its peak memory, FLOPs and drift
+    from the fp32 reference. Every record has every key of MEASURED; they stay None where the configuration
+    did not run, and `status` says why (unavailable, out of memory, or the error)."""
+    device = context.device
+    record = {**asdict(config), **context.common, "weights": weights, "status": "ok", **dict.fromkeys(MEASURED)}
+    try:
+        run = make_runner(model, config, device, context.workdir)
+        free_before = _reset_memory(device)
+        latencies, warmup_s = time_runs(run, device, context.warmup, context.runs)
+        flow = run()
+        record["peak_mem_mb"], record["peak_mem_method"] = _peak_memory(config, device, free_before)
+        reference = context.reference(model, config)
+        flops = context.flops_per_pair(config)
+        p50 = statistics.median(latencies)
+        pairs_per_s = config.batch / (p50 / 1000)
+        tflops = flops * pairs_per_s / 1e12
+        drift = (flow.float().cpu() - reference).norm(dim=1).mean().item()
+        record.update(
+            latency_ms_p50=round(p50, 3),
+            latency_ms_p90=round(float(np.percentile(latencies, 90)), 3),
+            latency_ms_p99=round(float(np.percentile(latencies, 99)), 3),
+            pairs_per_s=round(pairs_per_s, 2),
+            warmup_s=round(warmup_s, 2),
+            gflop_per_pair=round(flops / 1e9, 1),
+            tflops=round(tflops, 3),
+            fraction_of_bf16_peak=round(tflops / context.peak, 4),
+            epe_vs_fp32=round(drift, 5),
+            runs=context.runs,
+        )
+    except Unavailable as reason:
+        record["status"] = f"unavailable: {reason}"
+    except torch.cuda.OutOfMemoryError:
+        record["status"] = "out of memory"
+    except Exception as error:  # noqa: BLE001 - one failing configuration must not end the sweep
+        record["status"] = f"error: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return record
 
 
 def run_sweep(
-    configs: list[BenchConfig], device: torch.device, weights: dict, warmup: int, runs: int, progress: bool = True
+    configs: list[BenchConfig],
+    device: torch.device,
+    weights: Mapping[str, str | Loaded],
+    warmup: int,
+    runs: int,
+    progress: bool = True,
 ) -> list[dict]:
+    """Measure each configuration. `weights`: per variant, a model as `load_weights` returns it, or a
+    checkpoint or preset to load here; variants without get random weights (seed 0)."""
     from tqdm import tqdm
 
     peak = matmul_peak_tflops(device)
     models = {variant: _load(variant, weights.get(variant)) for variant in sorted({c.variant for c in configs})}
-    references: dict[tuple, torch.Tensor] = {}
-    flops: dict[tuple, float] = {}
-    records = []
     common = {
         "device": device_name(device),
         "versions": versions(),
@@ -333,79 +509,11 @@ def run_sweep(
         "bf16_matmul_tflops": round(peak, 2),
     }
     with tempfile.TemporaryDirectory(prefix="raft-bench-") as workdir:
+        context = SweepContext(device, warmup, runs, peak, Path(workdir), common)
+        records = []
         for config in tqdm(configs, desc="bench", unit="config", disable=not progress, file=sys.stderr):
             model, weights_used = models[config.variant]
-            # Every record has every measured key; they stay None when the configuration did not run.
-            record = {**asdict(config), **common, "weights": weights_used, "status": "ok", **dict.fromkeys(MEASURED)}
-            try:
-                if config.backend in ("torch", "triton", "compiled", "compiled+graphs"):
-                    if config.backend == "triton" and device.type != "cuda":
-                        raise Unavailable("the Triton kernels run on CUDA (the CPU only has Triton's interpreter)")
-                    run = _engine_runner(model, config, device)
-                elif config.backend.startswith("ort-"):
-                    run = _ort_runner(model, config, device, Path(workdir))
-                elif config.backend == "torchvision":
-                    run = _torchvision_runner(model, config, device)
-                else:
-                    raise Unavailable(f"unknown backend {config.backend}")
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats(device)
-                    free_before = torch.cuda.mem_get_info(device)[0]
-                latencies, warmup_s = time_runs(run, device, warmup, runs)
-                flow = run()
-                if device.type == "cuda":
-                    if config.backend.startswith("ort-"):  # ONNX Runtime's arena is outside torch's allocator
-                        record["peak_mem_mb"] = round((free_before - torch.cuda.mem_get_info(device)[0]) / 2**20, 1)
-                        record["peak_mem_method"] = "device free-memory drop"
-                    else:
-                        record["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-                        record["peak_mem_method"] = "torch.cuda.max_memory_allocated"
-                else:
-                    record["peak_mem_mb"] = None
-                    record["peak_mem_method"] = "not measured on the CPU"
-                key = (config.variant, config.batch, config.height, config.width, config.iters, config.corr)
-                if key not in references:
-                    reference_config = BenchConfig(
-                        "torch",
-                        config.variant,
-                        "fp32",
-                        config.batch,
-                        config.height,
-                        config.width,
-                        config.iters,
-                        config.corr,
-                    )
-                    references[key] = _engine_runner(model, reference_config, device)().float().cpu()
-                flops_key = (config.variant, config.height, config.width, config.iters, config.corr)
-                if flops_key not in flops:
-                    flops[flops_key] = count_flops(config)
-                p50 = statistics.median(latencies)
-                pairs_per_s = config.batch / (p50 / 1000)
-                tflops = flops[flops_key] * pairs_per_s / 1e12
-                drift = (flow.float().cpu() - references[key]).norm(dim=1).mean().item()
-                record.update(
-                    latency_ms_p50=round(p50, 3),
-                    latency_ms_p90=round(float(np.percentile(latencies, 90)), 3),
-                    latency_ms_p99=round(float(np.percentile(latencies, 99)), 3),
-                    pairs_per_s=round(pairs_per_s, 2),
-                    warmup_s=round(warmup_s, 2),
-                    gflop_per_pair=round(flops[flops_key] / 1e9, 1),
-                    tflops=round(tflops, 3),
-                    fraction_of_bf16_peak=round(tflops / peak, 4),
-                    epe_vs_fp32=round(drift, 5),
-                    runs=runs,
-                )
-            except Unavailable as reason:
-                record["status"] = f"unavailable: {reason}"
-            except torch.cuda.OutOfMemoryError:
-                record["status"] = "out of memory"
-            except Exception as error:  # noqa: BLE001 - one failing configuration must not end the sweep
-                record["status"] = f"error: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
-            finally:
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            records.append(record)
+            records.append(measure(config, model, context, weights_used))
     return records
 
 
@@ -536,7 +644,7 @@ def build_configs(args) -> list[BenchConfig]:
     return configs
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--quick", action="store_true", help="a small sweep that finishes in under a minute")
@@ -562,12 +670,43 @@ def main(argv: list[str] | None = None) -> int:
         help="checkpoint or preset per variant (default: random weights; speed does not depend on "
         "them, the drift does)",
     )
-    parser.add_argument("--warmup", type=int, default=None, help="warm-up runs (default 3, quick 1)")
-    parser.add_argument("--runs", type=int, default=None, help="timed runs (default 20, quick 3)")
+    default, quick = SWEEPS["default"], SWEEPS["quick"]
+    parser.add_argument(
+        "--warmup", type=int, default=None, help=f"warm-up runs (default {default.warmup}, quick {quick.warmup})"
+    )
+    parser.add_argument(
+        "--runs", type=int, default=None, help=f"timed runs (default {default.runs}, quick {quick.runs})"
+    )
     parser.add_argument("--json", metavar="PATH", help="write the records as a JSON list")
     parser.add_argument("--plot", metavar="PATH", help="latency and throughput against batch size, PNG (matplotlib)")
     parser.add_argument("--render", metavar="DIR", help="only render DIR/*.json into BENCHMARKS.md and exit")
     parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _apply_sweep(args, parser: argparse.ArgumentParser, device: torch.device) -> tuple[int, int]:
+    """Fill the list options left unset from the sweep (--sweep, else "quick" with --quick, else "default")
+    -> (warm-up runs, timed runs): the options', else the "quick" entry's with --quick, else the sweep's."""
+    sweep = SWEEPS[args.sweep or ("quick" if args.quick else "default")]
+    args.variant = args.variant or list(sweep.variants)
+    args.resolution = args.resolution or sweep.sizes()
+    args.batch = args.batch or list(sweep.batches)
+    args.iters = args.iters or list(sweep.iters)
+    args.dtype = args.dtype or list(sweep.dtypes)
+    args.backend = args.backend or sweep.backends_on(device)
+    args.corr = args.corr or ["volume"]
+    if any(b < 1 for b in args.batch) or any(i < 1 for i in args.iters):
+        parser.error("batch sizes and iteration counts must be >= 1")
+    counts = SWEEPS["quick"] if args.quick else sweep
+    warmup = args.warmup if args.warmup is not None else counts.warmup
+    runs = args.runs if args.runs is not None else counts.runs
+    if runs < 1 or warmup < 0:
+        parser.error("--runs must be >= 1 and --warmup >= 0")
+    return warmup, runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
 
     if args.render:
@@ -581,50 +720,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but CUDA is not available")
-    defaults = (
-        dict(
-            variants=["small"],
-            resolutions=[(128, 160)],
-            batches=[1],
-            iters=[4],
-            dtypes=["fp32", "bf16"],
-            backends=["torch", "ort-cpu"],
-        )
-        if args.quick
-        else dict(
-            variants=["large"],
-            resolutions=["sintel"],
-            batches=[1],
-            iters=[12],
-            dtypes=["fp32"],
-            backends=["torch", "triton", "compiled", "compiled+graphs", "ort-cuda", "torchvision"]
-            if device.type == "cuda"
-            else ["torch", "ort-cpu"],
-        )
-    )
-    if args.sweep:
-        defaults = SWEEPS[args.sweep]
-    args.variant = args.variant or defaults["variants"]
-    args.resolution = args.resolution or [
-        parse_resolution(r) if isinstance(r, str) else r for r in defaults["resolutions"]
-    ]
-    args.batch = args.batch or defaults["batches"]
-    args.iters = args.iters or defaults["iters"]
-    args.dtype = args.dtype or defaults["dtypes"]
-    args.backend = args.backend or defaults["backends"]
-    args.corr = args.corr or ["volume"]
-    if any(b < 1 for b in args.batch) or any(i < 1 for i in args.iters):
-        parser.error("batch sizes and iteration counts must be >= 1")
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
-    runs = args.runs if args.runs is not None else (3 if args.quick else 20)
-    if runs < 1 or warmup < 0:
-        parser.error("--runs must be >= 1 and --warmup >= 0")
-
-    from raft_engine.weights import load_model
-
-    weights = {}
-    for source in args.weights:
-        weights[load_model(source).config.variant] = source
+    warmup, runs = _apply_sweep(args, parser, device)
+    weights = load_weights(args.weights)  # each checkpoint once; the sweep reuses the models
     configs = build_configs(args)
     records = run_sweep(configs, device, weights, warmup, runs, progress=not args.no_progress)
     print(table(records))

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict, replace
 
 import pytest
 import torch
-from synthetic import layout
+from synthetic import layout, synthetic_state_dict
 
+import raft_engine.benchmark as benchmark
+import raft_engine.weights
 from raft_engine import RAFT, RAFTConfig
 from raft_engine.benchmark import (
+    BACKENDS,
+    MEASURED,
+    SWEEPS,
     BenchConfig,
+    Sweep,
+    SweepContext,
     count_flops,
     main,
+    measure,
     parse_resolution,
     run_sweep,
     table,
@@ -122,3 +131,111 @@ def test_torchvision_peer_gets_the_same_weights():
         native = model.state_dict()
         mapped_key, native_key = "update_block.motion_encoder.convcorr1.0.weight", "update_block.encoder.convc1.weight"
         assert torch.equal(mapped[mapped_key], native[native_key])
+
+
+def test_measure_fills_every_measured_key_and_caches_per_shape(tmp_path):
+    torch.manual_seed(0)
+    model = RAFT(RAFTConfig.small()).eval()
+    context = SweepContext(torch.device("cpu"), warmup=0, runs=1, peak=1.0, workdir=tmp_path, common={"device": "x"})
+    fp32 = measure(BenchConfig("torch", "small", "fp32", 1, 128, 160, 1, "volume"), model, context, "random")
+    bf16 = measure(BenchConfig("torch", "small", "bf16", 1, 128, 160, 1, "volume"), model, context, "random")
+    for record in (fp32, bf16):
+        assert record["status"] == "ok" and record["device"] == "x" and record["weights"] == "random"
+        assert set(MEASURED) <= set(record)
+        assert all(record[key] is not None for key in MEASURED if key != "peak_mem_mb")  # no memory on the CPU
+        assert record["peak_mem_method"] == "not measured on the CPU" and record["runs"] == 1
+    assert fp32["epe_vs_fp32"] == 0 and bf16["epe_vs_fp32"] > 0
+    assert len(context.references) == 1 and len(context.flops) == 1  # one shape: computed once
+    skipped = measure(BenchConfig("triton", "small", "fp32", 1, 128, 160, 1, "volume"), model, context, "random")
+    assert skipped["status"].startswith("unavailable: the Triton kernels run on CUDA")
+    assert set(MEASURED) <= set(skipped) and all(skipped[key] is None for key in MEASURED)
+    assert list(skipped) == list(fp32)[: len(skipped)]  # same key order as a record that ran
+
+
+def test_a_failing_configuration_is_recorded(tmp_path, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("kaput\nsecond line")
+
+    monkeypatch.setattr(benchmark, "make_runner", broken)
+    context = SweepContext(torch.device("cpu"), warmup=0, runs=1, peak=1.0, workdir=tmp_path)
+    record = measure(BenchConfig("torch", "small", "fp32", 1, 128, 160, 1, "volume"), None, context, "w")
+    assert record["status"] == "error: RuntimeError: kaput"
+    assert all(record[key] is None for key in MEASURED)
+
+
+def capture_sweep(monkeypatch) -> dict:
+    """Replace run_sweep: remember what main asked for, and return one "ok" record per configuration."""
+    seen = {}
+
+    def fake(configs, device, weights, warmup, runs, progress=True):
+        seen.update(configs=configs, weights=weights, warmup=warmup, runs=runs)
+        common = {"device": "cpu", "bf16_matmul_tflops": 1.0, "weights": "random (seed 0)", "status": "ok"}
+        return [{**asdict(c), **common} for c in configs]
+
+    monkeypatch.setattr(benchmark, "run_sweep", fake)
+    return seen
+
+
+def expected_configs(sweep: Sweep, backends) -> list[BenchConfig]:
+    return [
+        BenchConfig(backend, variant, dtype, batch, *parse_resolution(resolution), iters, "volume")
+        for variant in sweep.variants
+        for resolution in sweep.resolutions
+        for batch in sweep.batches
+        for iters in sweep.iters
+        for dtype in sweep.dtypes
+        for backend in backends
+    ]
+
+
+def test_quick_runs_the_quick_entry(monkeypatch):
+    seen = capture_sweep(monkeypatch)
+    quick = SWEEPS["quick"]
+    assert main(["--device", "cpu", "--quick", "--no-progress"]) == 0
+    assert seen["configs"] == expected_configs(quick, quick.backends)
+    assert (seen["warmup"], seen["runs"]) == (quick.warmup, quick.runs) == (1, 3)
+    assert main(["--device", "cpu", "--sweep", "quick", "--no-progress"]) == 0
+    assert seen["configs"] == expected_configs(quick, quick.backends) and seen["runs"] == 3
+    # --quick with another sweep: that sweep's lists, the quick entry's counts (as before the table had them).
+    assert main(["--device", "cpu", "--quick", "--sweep", "ptlflow", "--no-progress"]) == 0
+    assert seen["configs"] == expected_configs(SWEEPS["ptlflow"], BACKENDS)
+    assert (seen["warmup"], seen["runs"]) == (1, 3)
+    # The table is what --quick reads.
+    monkeypatch.setitem(SWEEPS, "quick", replace(quick, iters=(2, 3), backends=("torch",), runs=5))
+    assert main(["--device", "cpu", "--quick", "--no-progress"]) == 0
+    assert [(c.backend, c.iters) for c in seen["configs"]] == [("torch", 2), ("torch", 2), ("torch", 3), ("torch", 3)]
+    assert (seen["warmup"], seen["runs"]) == (1, 5)
+
+
+def test_default_sweep_depends_on_the_device(monkeypatch):
+    default = SWEEPS["default"]
+    assert default.backends_on(torch.device("cpu")) == ["torch", "ort-cpu"]
+    gpu = ["torch", "triton", "compiled", "compiled+graphs", "ort-cuda", "torchvision"]
+    assert default.backends_on(torch.device("cuda")) == gpu
+    assert default.sizes() == [(440, 1024)] and (default.warmup, default.runs) == (3, 20)
+    assert SWEEPS["standard"].backends_on(torch.device("cpu")) == list(BACKENDS)  # no CPU variant: the same
+    seen = capture_sweep(monkeypatch)
+    assert main(["--device", "cpu", "--no-progress"]) == 0
+    assert seen["configs"] == expected_configs(default, ["torch", "ort-cpu"])
+    assert (seen["warmup"], seen["runs"]) == (3, 20)
+    assert main(["--device", "cpu", "--no-progress", "--runs", "2", "--warmup", "0", "--backend", "torch"]) == 0
+    assert (seen["warmup"], seen["runs"]) == (0, 2) and {c.backend for c in seen["configs"]} == {"torch"}
+
+
+def test_weights_are_loaded_once(tmp_path, monkeypatch):
+    path = tmp_path / "small.pth"
+    torch.save(synthetic_state_dict("official_small"), path)
+    loads = []
+    load_model = raft_engine.weights.load_model
+
+    def counting(source, *args, **kwargs):
+        loads.append(source)
+        return load_model(source, *args, **kwargs)
+
+    monkeypatch.setattr(raft_engine.weights, "load_model", counting)
+    out = tmp_path / "records.json"
+    argv = ["--device", "cpu", "--quick", "--backend", "torch", "--dtype", "fp32", "--runs", "1", "--warmup", "0"]
+    assert main([*argv, "--weights", str(path), "--json", str(out), "--no-progress"]) == 0
+    assert loads == [str(path)]
+    records = json.loads(out.read_text())
+    assert [r["weights"] for r in records] == [str(path)] and records[0]["status"] == "ok"
