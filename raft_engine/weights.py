@@ -7,14 +7,16 @@ Every key must be accounted for: missing, unexpected and mis-shaped entries are 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import logging
 import os
 import re
+import socket
+import sys
 import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -160,8 +162,12 @@ def _check_url(url: str) -> None:
     raise DownloadError(f"refusing to download weights over {parsed.scheme or 'no scheme'}: {url} (HTTPS required)")
 
 
-def fetch_preset(name: str, timeout: float = 60.0) -> Path:
-    """The cached file of preset `name`, downloaded (and its hash verified) on first use."""
+def fetch_preset(name: str, timeout: float = 60.0, progress: bool | None = None) -> Path:
+    """The cached file of preset `name`, downloaded (and its hash verified) on first use.
+
+    timeout: seconds the server may stay silent before the download fails.
+    progress: show a progress bar on stderr while downloading; None shows it when stderr is a terminal.
+    """
     if name not in PRESETS:
         raise WeightsError(f"unknown weights preset {name!r}; known presets: {', '.join(PRESETS)}")
     preset = PRESETS[name]
@@ -178,30 +184,65 @@ def fetch_preset(name: str, timeout: float = 60.0) -> Path:
     _check_url(preset.url)
     path.parent.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s from %s to %s", name, preset.url, path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=preset.filename + ".", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(preset.url, timeout=timeout) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                digest.update(chunk)
-                out.write(chunk)
-        if not digest.hexdigest().startswith(preset.sha256_prefix):
-            raise WeightsError(
-                f"downloaded {preset.url} has SHA-256 {digest.hexdigest()[:16]}..., expected "
-                f"{preset.sha256_prefix}...; not cached"
-            )
-        os.replace(tmp, path)
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise DownloadError(
-            f"could not download weights {name!r} from {preset.url} ({reason}); they are not in the cache "
-            f"either ({path}). Connect once to download them, or copy the file there "
-            "(the cache folder is set by RAFT_ENGINE_CACHE)"
-        ) from error
-    finally:
-        tmp.unlink(missing_ok=True)
+    _download(name, preset, path, timeout, _show_progress(progress))
     return path
+
+
+def _show_progress(progress: bool | None) -> bool:
+    if progress is not None:
+        return progress
+    # Auto: a bar is for someone watching a terminal; in logs and CI output it is only noise.
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # stderr replaced by an object without isatty, or closed
+        return False
+
+
+@contextlib.contextmanager
+def _default_socket_timeout(seconds: float):
+    # torch.hub.download_url_to_file opens the URL without a timeout, so its socket takes the process-wide
+    # default (none: a stalled server would hang the download forever). Set it for the download only and
+    # put the caller's back; sockets other threads open meanwhile get it too, the price of not
+    # re-implementing the download.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _download(name: str, preset: WeightsPreset, path: Path, timeout: float, progress: bool) -> None:
+    """Download `preset` to `path` through torch.hub; only a file whose whole SHA-256 matches gets there."""
+    # torch.hub writes to a ".partial" file beside its destination, deletes it on failure and moves it there
+    # once complete, but before we can hash the whole file (its hash_prefix check raises a bare RuntimeError
+    # after the fact anyway). So its destination is a staging name in the cache folder (same file system:
+    # the final os.replace is atomic), and only the verified file is renamed to the cache name.
+    fd, staging_name = tempfile.mkstemp(dir=path.parent, prefix=preset.filename + ".", suffix=".download")
+    os.close(fd)
+    staging = Path(staging_name)
+    try:
+        try:
+            with _default_socket_timeout(timeout):
+                torch.hub.download_url_to_file(preset.url, str(staging), hash_prefix=None, progress=progress)
+        # URLError and HTTPError (no network, 404, ...), timeouts and a full disk are OSErrors; a connection
+        # dropped in the middle of a chunked response is an http.client.IncompleteRead, which is not one.
+        except (OSError, http.client.HTTPException) as error:
+            reason = getattr(error, "reason", error)
+            raise DownloadError(
+                f"could not download weights {name!r} from {preset.url} ({reason}); they are not in the cache "
+                f"either ({path}). Connect once to download them, or copy the file there "
+                "(the cache folder is set by RAFT_ENGINE_CACHE)"
+            ) from error
+        # http.client ends a response cut short of its Content-Length silently: the hash catches that too.
+        digest = _sha256(staging)
+        if not digest.startswith(preset.sha256_prefix):
+            raise WeightsError(
+                f"downloaded {preset.url} has SHA-256 {digest[:16]}..., expected {preset.sha256_prefix}...; not cached"
+            )
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,7 +349,7 @@ _TORCHVISION_RULES = [
 ]
 
 
-def _torchvision_key(key: str, variant: str) -> str:
+def torchvision_key(key: str, variant: str) -> str:
     for pattern, replacement in _TORCHVISION_RULES:
         key = re.sub(pattern, replacement, key)
     gru = re.match(r"^update_block\.recurrent_block\.convgru(\d)\.conv([zrq])\.(.*)$", key)
@@ -366,14 +407,14 @@ def to_native(
             f"variant={variant!r} was requested, but the checkpoint's shapes are those of RAFT-{detected}"
         )
     if layout == TORCHVISION:
-        converted = {_torchvision_key(k, variant): v for k, v in state_dict.items()}
+        converted = {torchvision_key(k, variant): v for k, v in state_dict.items()}
         if len(converted) != len(state_dict):
             raise WeightsError("torchvision state dict has keys that collide after conversion")
         return variant, converted
     return variant, _fold_published_aliases(state_dict, variant)
 
 
-def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+def check_state_dict(model: RAFT, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Raise one WeightsError listing every missing, unexpected and mis-shaped entry."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import io
 import os
 import pickle
+import socket
+import stat
+import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -189,15 +194,71 @@ def _publish(root: Path, base_url: str, state, monkeypatch, name="test-small", p
     return preset
 
 
-def test_preset_download_cache_and_offline(server, cache, small_state, official_small, monkeypatch):
+@pytest.fixture
+def hub_calls(monkeypatch):
+    """The calls to torch.hub.download_url_to_file, which still downloads (the real one is called)."""
+    calls = []
+    real = torch.hub.download_url_to_file
+
+    def recording(url, dst, hash_prefix=None, progress=True):
+        calls.append({"url": url, "dst": Path(dst), "hash_prefix": hash_prefix, "progress": progress})
+        return real(url, dst, hash_prefix, progress)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", recording)
+    return calls
+
+
+def test_preset_download_cache_and_offline(server, cache, small_state, official_small, monkeypatch, tmp_path):
     root, base_url = server
     preset = _publish(root, base_url, small_state, monkeypatch)
     assert _same_weights(load_model("test-small"), official_small)
     cached = cache / preset.filename
     assert cached.is_file()
     assert sorted(p.name for p in cache.iterdir()) == [preset.filename]  # no partial files left
+    # Readable as any new file is (the umask's mode), not private like a mkstemp file.
+    (tmp_path / "probe").write_bytes(b"")
+    assert stat.S_IMODE(cached.stat().st_mode) == stat.S_IMODE((tmp_path / "probe").stat().st_mode)
     (root / preset.filename).unlink()  # the server no longer has it: works from the cache alone
     assert _same_weights(load_model("test-small"), official_small)
+
+
+def test_download_goes_through_torch_hub(server, cache, small_state, monkeypatch, hub_calls):
+    root, base_url = server
+    preset = _publish(root, base_url, small_state, monkeypatch)
+    path = weights.fetch_preset("test-small", progress=False)
+    assert path == cache / preset.filename and path.is_file()
+    assert len(hub_calls) == 1
+    call = hub_calls[0]
+    assert call["url"] == preset.url
+    # Into the cache folder (so the final rename stays on one file system), under a name that is not the
+    # cache name: only a verified file may take that one.
+    assert call["dst"].parent == cache and call["dst"].name != preset.filename
+    assert call["hash_prefix"] is None and call["progress"] is False
+    assert weights.fetch_preset("test-small") == path
+    assert len(hub_calls) == 1  # cached: no second download
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_on_a_terminal_or_on_request(server, cache, small_state, monkeypatch, hub_calls):
+    root, base_url = server
+    preset = _publish(root, base_url, small_state, monkeypatch)
+    cases = [
+        (_Terminal(), None, True),
+        (io.StringIO(), None, False),
+        (io.StringIO(), True, True),
+        (_Terminal(), False, False),
+    ]
+    for stream, progress, shown in cases:
+        (cache / preset.filename).unlink(missing_ok=True)
+        monkeypatch.setattr(sys, "stderr", stream)
+        weights.fetch_preset("test-small", progress=progress)
+        assert hub_calls[-1]["progress"] is shown, (type(stream).__name__, progress)
+        assert ("100%" in stream.getvalue()) is shown  # torch.hub's tqdm bar, or nothing at all
+    assert len(hub_calls) == len(cases)
 
 
 def test_preset_hash_mismatch_is_refused_and_not_cached(server, cache, small_state, monkeypatch):
@@ -221,12 +282,107 @@ def test_offline_and_not_cached(server, cache, small_state, monkeypatch):
     root, base_url = server
     preset = _publish(root, base_url, small_state, monkeypatch)
     (root / preset.filename).unlink()  # 404
-    with pytest.raises(DownloadError, match="not in the cache either"):
+    with pytest.raises(DownloadError, match="not in the cache either") as error:
         load_model("test-small")
+    message = str(error.value)
+    # One message: what failed and why, where the file belongs, and how to put it there by hand.
+    assert f"from {preset.url} (File not found);" in message  # the server's reason for its 404
+    assert f"({cache / preset.filename})" in message
+    assert "copy the file there (the cache folder is set by RAFT_ENGINE_CACHE)" in message
+    assert list(cache.iterdir()) == []
     unreachable = WeightsPreset("test-gone", "http://127.0.0.1:9/raft.pth", "00000000", "small", "")
     monkeypatch.setitem(weights.PRESETS, "test-gone", unreachable)
     with pytest.raises(DownloadError, match="could not download weights 'test-gone'"):
         load_model("test-gone")
+    assert list(cache.iterdir()) == []
+
+
+class _FaultyHandler(http.server.BaseHTTPRequestHandler):
+    """Serves the server's `body` the way its `fault` says: cut short, or only after a long silence."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body, fault = self.server.body, self.server.fault
+        if fault == "stall" and self.server.release.wait(5):
+            return  # the test is over
+        self.send_response(200)
+        if fault == "chunked-cut":  # the first chunk, then the connection drops
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            half = body[: len(body) // 2]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(half), half))
+        else:
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2] if fault == "length-cut" else body)
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def faulty_server(monkeypatch):
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # a client that gave up on a stalled answer is expected
+
+    httpd = Server(("127.0.0.1", 0), _FaultyHandler)
+    httpd.body = bytes(range(256)) * 4096  # 1 MiB: several of torch.hub's reads
+    httpd.release = threading.Event()
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+
+    def serve(fault: str) -> WeightsPreset:
+        httpd.fault = fault
+        prefix = hashlib.sha256(httpd.body).hexdigest()[:8]
+        preset = WeightsPreset(
+            "test-faulty", f"http://127.0.0.1:{httpd.server_address[1]}/raft.pth", prefix, "small", ""
+        )
+        monkeypatch.setitem(weights.PRESETS, preset.name, preset)
+        return preset
+
+    yield serve
+    httpd.release.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_faulty_server_serves_whole_files_when_told_to(faulty_server, cache, hub_calls):
+    # The other faults below are faults of the server, not of this fixture.
+    preset = faulty_server("none")
+    path = weights.fetch_preset(preset.name, progress=False)
+    assert sorted(p.name for p in cache.iterdir()) == [preset.filename]
+    assert hashlib.sha256(path.read_bytes()).hexdigest().startswith(preset.sha256_prefix)
+
+
+def test_interrupted_download_leaves_nothing(faulty_server, cache, hub_calls):
+    preset = faulty_server("chunked-cut")
+    with pytest.raises(DownloadError, match="could not download weights 'test-faulty'.*IncompleteRead"):
+        weights.fetch_preset(preset.name, progress=False)
+    assert len(hub_calls) == 1
+    assert list(cache.iterdir()) == []  # neither torch.hub's .partial file nor the staging file
+
+
+def test_download_cut_short_of_its_length_is_refused(faulty_server, cache, hub_calls):
+    # http.client ends such a response silently, as if complete: only the hash of the whole file tells.
+    preset = faulty_server("length-cut")
+    with pytest.raises(WeightsError, match=f"expected {preset.sha256_prefix}\\.\\.\\.; not cached"):
+        weights.fetch_preset(preset.name, progress=False)
+    assert list(cache.iterdir()) == []
+
+
+def test_silent_server_times_out(faulty_server, cache, hub_calls):
+    preset = faulty_server("stall")
+    before = socket.getdefaulttimeout()
+    start = time.monotonic()
+    # Without the timeout the download would wait for the server's answer, 5 s later, and succeed.
+    with pytest.raises(DownloadError, match="could not download weights 'test-faulty'.*timed out"):
+        weights.fetch_preset(preset.name, timeout=0.5, progress=False)
+    assert time.monotonic() - start < 4
+    assert socket.getdefaulttimeout() == before  # the process-wide default is put back
+    assert list(cache.iterdir()) == []
 
 
 def test_plain_http_is_refused_beyond_this_machine(cache, monkeypatch):
