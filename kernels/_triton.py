@@ -16,9 +16,9 @@ __all__ = [
     "interpreting",
     "level_base",
     "level_centre",
-    "load_cells",
     "next_power_of_2",
     "on_device",
+    "program_cells",
     "size_class",
 ]
 
@@ -59,17 +59,20 @@ def next_power_of_2(n: int) -> int:
 
 
 @triton.jit
-def load_cells(coords, height, width, num_cells, stride_cb, stride_cc, stride_ch, stride_cw, BLOCK_CELLS: tl.constexpr):
-    """This program's cells of the 1/8 grid -> (cells, cell_ok, b, hw, x, y), x and y their coordinates."""
+def program_cells(height, width, num_cells, stride_cb, stride_ch, stride_cw, BLOCK_CELLS: tl.constexpr):
+    """This program's cells of the 1/8 grid -> (cells, cell_ok, b, hw, coord_offset): the offset of
+    each cell's x coordinate in `coords` (y is one channel stride further).
+
+    Offsets, not loaded values: torch.compile's mutation analysis takes a pointer passed into a
+    nested jit function as written, and would then copy `coords` around every lookup.
+    """
     cells = tl.program_id(0).to(tl.int64) * BLOCK_CELLS + tl.arange(0, BLOCK_CELLS)
     cell_ok = cells < num_cells
     plane = height * width
     b = cells // plane
     hw = cells % plane
-    coord = coords + b * stride_cb + (hw // width) * stride_ch + (hw % width) * stride_cw
-    x = tl.load(coord, mask=cell_ok, other=0.0)
-    y = tl.load(coord + stride_cc, mask=cell_ok, other=0.0)
-    return cells, cell_ok, b, hw, x, y
+    coord_offset = b * stride_cb + (hw // width) * stride_ch + (hw % width) * stride_cw
+    return cells, cell_ok, b, hw, coord_offset
 
 
 @triton.jit

@@ -25,9 +25,9 @@ from raft_engine.kernels._triton import (
     interpreting,
     level_base,
     level_centre,
-    load_cells,
     next_power_of_2,
     on_device,
+    program_cells,
     size_class,
 )
 from raft_engine.kernels.corr_lookup import MAX_LEVELS
@@ -40,13 +40,14 @@ __all__ = ["REFERENCE_CHUNK_BYTES", "check_ondemand_inputs", "corr_ondemand", "c
 def _ondemand_configs() -> list[triton.Config]:
     if interpreting():
         return [triton.Config({"BLOCK_CELLS": 64, "BLOCK_DIM": 64})]
-    # A program holds (cells, patch <= 128, block_dim) products: at most 64 per thread of 4 warps.
+    # A program holds (cells, patch <= 128, block_dim) products. Compiled for sm_90 (tests/sm90.py),
+    # 64 products per cell-block spill registers at radius 4 with 4 warps, not with 8.
     return [
         triton.Config({"BLOCK_CELLS": cells, "BLOCK_DIM": block_dim}, num_warps=warps)
         for cells in (1, 2, 4)
         for block_dim in (16, 32, 64)
         for warps in (4, 8)
-        if cells * block_dim <= 64
+        if cells * block_dim <= (32 if warps == 4 else 64)
     ]
 
 
@@ -62,7 +63,6 @@ def _corr_ondemand_kernel(
     out,  # (B, NUM_LEVELS * (2r+1)^2, H, W) float32, contiguous
     height,
     width,
-    dim,
     num_cells,  # B * H * W
     size_bucket,  # size_class(num_cells): for the autotuning key only
     scale,  # 1 / sqrt(D)
@@ -70,6 +70,7 @@ def _corr_ondemand_kernel(
     stride_cc,
     stride_ch,
     stride_cw,
+    dim: tl.constexpr,  # D: a compile-time loop bound (RAFT's are 128 and 256), never a 0-d array
     NUM_LEVELS: tl.constexpr,
     RADIUS: tl.constexpr,
     PATCH_PAD: tl.constexpr,  # (2r+2)^2 rounded up to a power of two
@@ -80,9 +81,11 @@ def _corr_ondemand_kernel(
     SIDE: tl.constexpr = 2 * RADIUS + 1
     PATCH_SIDE: tl.constexpr = 2 * RADIUS + 2
     WINDOW: tl.constexpr = SIDE * SIDE
-    cells, cell_ok, b, hw, x, y = load_cells(
-        coords, height, width, num_cells, stride_cb, stride_cc, stride_ch, stride_cw, BLOCK_CELLS
+    cells, cell_ok, b, hw, coord_offset = program_cells(
+        height, width, num_cells, stride_cb, stride_ch, stride_cw, BLOCK_CELLS
     )
+    x = tl.load(coords + coord_offset, mask=cell_ok, other=0.0)
+    y = tl.load(coords + coord_offset + stride_cc, mask=cell_ok, other=0.0)
     plane = height * width
 
     # The patch: the (2r+2)^2 integer positions that the window's bilinear taps touch,
@@ -186,11 +189,11 @@ def corr_ondemand(
             out,
             height,
             width,
-            dim,
             num_cells,
             size_class(num_cells),
             1.0 / math.sqrt(dim),
             *coords.stride(),
+            dim=dim,
             NUM_LEVELS=levels,
             RADIUS=radius,
             PATCH_PAD=next_power_of_2((2 * radius + 2) ** 2),
