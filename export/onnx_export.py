@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from raft_engine.export.ort_session import check_dense_volume
 from raft_engine.inputs import positive_int
 from raft_engine.model import RAFT
 from raft_engine.scenes import scene_tensors
@@ -105,7 +106,9 @@ def export_onnx(
 ) -> ExportReport:
     """Export `model` to ONNX at a fixed input size and iteration count; see the module docstring.
 
-    batch: the batch size of the graph, or of the example used to trace it with dynamic_batch=True.
+    batch: the batch size of the graph, or of the example used to trace it with dynamic_batch=True
+        (at least 2). The correlation volume of that batch, batch * ((H/8) * (W/8))^2 elements, must not
+        exceed 2^31-1 (`dense_volume_elements`): ONNX Runtime's CUDA kernels index with 32-bit integers.
     verify: run ONNX Runtime (CPU) on a generated pair and compare with PyTorch float32; an error
         above `TOLERANCE[dtype]` raises ExportError.
     """
@@ -136,10 +139,17 @@ def export_onnx(
             stacklevel=2,
         )
 
-    exported = _Exported(reference_model(model).to_compute_dtype(ONNX_DTYPES[dtype]), iters, flow_low).eval()
     # torch.export specialises a batch dimension of 1, so a dynamic batch is traced with two pairs.
+    traced_batch = max(batch, 2) if dynamic_batch else batch
+    # Refused before any tracing: past 2^31-1 elements, the correlation volume is out of reach of
+    # ONNX Runtime's 32-bit indexing on the GPU, and verification on the CPU would build it at full size.
+    advice = None
+    if traced_batch != batch:
+        advice = f"dynamic_batch=True traces the graph with {traced_batch} pairs: export a fixed batch of 1"
+    check_dense_volume(traced_batch, height, width, advice)
+    exported = _Exported(reference_model(model).to_compute_dtype(ONNX_DTYPES[dtype]), iters, flow_low).eval()
     # Generated scenes: realistic inputs for tracing and verification.
-    image1, image2, _ = scene_tensors(range(max(batch, 2) if dynamic_batch else batch), height, width)
+    image1, image2, _ = scene_tensors(range(traced_batch), height, width)
     outputs = ("flow", "flow_low") if flow_low else ("flow",)
     dynamic_shapes = None
     if dynamic_batch:

@@ -7,13 +7,15 @@ places on the CPU are found by profiling one run and reported with a warning.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 import warnings
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,8 +28,93 @@ if TYPE_CHECKING:
 
 PROVIDER_CHOICES = ("auto", "cuda", "tensorrt", "cpu")
 _GPU = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-# Small integer shape computations that ONNX Runtime keeps on the CPU on purpose.
-_SHAPE_OPS = {"Shape", "Size", "ConstantOfShape"}
+
+# ONNX Runtime's CUDA kernels (and TensorRT) index tensors with 32-bit integers: a tensor with more
+# elements than this may be computed wrong or crash the kernel. The dense graph's largest tensor is
+# the correlation volume, batch * cells^2 elements with cells = (H / 8) * (W / 8).
+MAX_TENSOR_ELEMENTS = 2**31 - 1
+
+
+class ProviderError(OSError):
+    """ONNX Runtime did not load the execution provider that was asked for and fell back to another.
+
+    An OSError, as a shared library that fails to load is in Python (ctypes raises OSError).
+    """
+
+
+def dense_volume_elements(batch: int, height: int, width: int) -> int:
+    """Elements of the dense graph's correlation volume for `batch` pairs of `height` x `width` (padded)."""
+    cells = (height // 8) * (width // 8)
+    return batch * cells * cells
+
+
+def check_dense_volume(batch: int, height: int, width: int, advice: str | None = None) -> None:
+    """Raise ValueError when the correlation volume of `batch` pairs at height x width is past the limit.
+
+    advice: what to do instead, when the caller knows better than "a smaller batch or size".
+    """
+    elements = dense_volume_elements(batch, height, width)
+    if elements <= MAX_TENSOR_ELEMENTS:
+        return
+    fits = MAX_TENSOR_ELEMENTS // dense_volume_elements(1, height, width)
+    if not fits:
+        advice = "even one pair is too large: use a smaller size"
+    elif advice is None:
+        advice = f"use a batch of at most {fits}, or a smaller size"
+    raise ValueError(
+        f"batch {batch} at {height}x{width} gives a dense correlation volume of {elements:,} elements "
+        f"(batch * ((H/8)*(W/8))^2), over the limit of {MAX_TENSOR_ELEMENTS:,} (2^31-1): ONNX Runtime's CUDA "
+        f"kernels index tensors with 32-bit integers; {advice}; or use FlowEngine, whose on-demand "
+        "correlation (corr='ondemand') builds no volume"
+    )
+
+
+# Ops that read only their input's shape, never its data, and return a small int64 tensor.
+_SHAPE_OPS = {"Shape", "Size"}
+# Element types of shape computations in ONNX Runtime's profile, and the most elements such a tensor
+# has: shapes of rank <= 8, and the small index and mask tensors (Gather, Range, Equal) around them.
+_SHAPE_TYPES = {"int64", "int32", "bool"}
+_SHAPE_ELEMENTS = 64
+
+
+def computes_shapes(op: str, inputs: Iterable[Mapping[str, list]], outputs: Iterable[Mapping[str, list]]) -> bool:
+    """Whether a node only computes shapes, which ONNX Runtime keeps on the CPU on purpose.
+
+    op: the node's op type; inputs, outputs: its tensors as ONNX Runtime's profile lists them
+    (`input_type_shape`, `output_type_shape`: one {element type: shape} per tensor). True for an op
+    that reads only shapes (Shape, Size), or a node whose every input and output is a small integer or
+    boolean tensor (Gather, Unsqueeze, Concat, Slice, Reshape, Cast, Range, ConstantOfShape ... on
+    shapes). A ConstantOfShape filling a float tensor, or a Reshape of image data, is real work.
+    """
+    if op in _SHAPE_OPS:
+        return True
+
+    def small_integer(tensor: Mapping[str, list]) -> bool:
+        return all(kind in _SHAPE_TYPES and int(np.prod(shape)) <= _SHAPE_ELEMENTS for kind, shape in tensor.items())
+
+    return all(small_integer(t) for t in [*inputs, *outputs])
+
+
+def cpu_placed_nodes(events: Iterable[Mapping[str, Any]]) -> Counter:
+    """Count by op type the nodes of an ONNX Runtime profile (its JSON events) that ran on the CPU
+    provider other than shape computations (`computes_shapes`): under a GPU provider, the real work
+    left on the CPU. An event without tensor types counts unless its op reads only shapes."""
+    counts: Counter = Counter()
+    for event in events:
+        # One "<node>_kernel_time" event per node run, with its provider, op type and tensor types.
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+            continue
+        args = event.get("args", {})
+        if args.get("provider") != "CPUExecutionProvider":
+            continue
+        op = args.get("op_name", "?")
+        if "input_type_shape" in args or "output_type_shape" in args:
+            shapes_only = computes_shapes(op, args.get("input_type_shape", []), args.get("output_type_shape", []))
+        else:  # a profile without tensor types: only the op type to go by
+            shapes_only = op in _SHAPE_OPS
+        if not shapes_only:
+            counts[op] += 1
+    return counts
 
 
 def quiet_session_options() -> onnxruntime.SessionOptions:
@@ -38,43 +125,122 @@ def quiet_session_options() -> onnxruntime.SessionOptions:
     return options
 
 
-def _provider_list(providers: str, device_id: int, cuda_graph: bool) -> list:
-    import onnxruntime
-
+def _resolve_provider(providers: str, available: list[str]) -> str:
+    """Resolve `providers` to "cuda", "tensorrt" or "cpu", checked against ONNX Runtime's `available` ones."""
     if providers not in PROVIDER_CHOICES:
         raise ValueError(f"unknown providers {providers!r}; expected one of {PROVIDER_CHOICES}")
-    available = onnxruntime.get_available_providers()
     if providers == "auto":
-        providers = "cuda" if "CUDAExecutionProvider" in available and torch.cuda.is_available() else "cpu"
-    if providers == "cpu":
+        return "cuda" if "CUDAExecutionProvider" in available and torch.cuda.is_available() else "cpu"
+    if providers != "cpu" and _GPU[providers] not in available:
+        raise ValueError(
+            f"ONNX Runtime here has no {_GPU[providers]} (available: {', '.join(available)}); install "
+            "onnxruntime-gpu (in place of onnxruntime, not beside it), or use providers='cpu'"
+        )
+    return providers
+
+
+def _provider_list(
+    provider: str,
+    device_id: int = 0,
+    cuda_graph: bool = False,
+    tf32: bool = False,
+    trt_cache: tuple[Path, Path] | None = None,
+    tensorrt_fp16: bool = False,
+) -> list:
+    """ONNX Runtime's provider list, with options, for a resolved `provider` ("cuda", "tensorrt", "cpu").
+
+    trt_cache: the (engine, timing) cache folders for TensorRT; None builds its engine every time.
+    """
+    if provider == "cpu":
         if cuda_graph:
             raise ValueError("cuda_graph=True needs the cuda provider")
         return ["CPUExecutionProvider"]
-    wanted = _GPU[providers]
-    if wanted not in available:
-        raise ValueError(
-            f"ONNX Runtime here has no {wanted} (available: {', '.join(available)}); install "
-            "onnxruntime-gpu, or use providers='cpu'"
+    cuda_options = {
+        "device_id": str(device_id),
+        "enable_cuda_graph": "1" if cuda_graph else "0",
+        # The CUDA provider runs float32 convolutions and matrix products in TF32 (10-bit mantissas)
+        # by default, which breaks the fp32 export's 1e-4 parity with PyTorch float32.
+        "use_tf32": "1" if tf32 else "0",
+    }
+    cuda = ("CUDAExecutionProvider", cuda_options)
+    if provider == "cuda":
+        return [cuda, "CPUExecutionProvider"]
+    if provider != "tensorrt":
+        raise ValueError(f"unknown provider {provider!r}")
+    if cuda_graph:
+        raise ValueError("cuda_graph=True is for the cuda provider")
+    trt_options = {"device_id": str(device_id), "trt_fp16_enable": "1" if tensorrt_fp16 else "0"}
+    if trt_cache is not None:
+        engines, timing = trt_cache
+        trt_options.update(
+            trt_engine_cache_enable="1",
+            trt_engine_cache_path=str(engines),
+            trt_timing_cache_enable="1",
+            trt_timing_cache_path=str(timing),
         )
-    if hasattr(onnxruntime, "preload_dlls"):  # onnxruntime-gpu: load CUDA/cuDNN from the pip packages or torch
-        onnxruntime.preload_dlls()
-    cuda = ("CUDAExecutionProvider", {"device_id": str(device_id), "enable_cuda_graph": "1" if cuda_graph else "0"})
-    if providers == "tensorrt":
-        if cuda_graph:
-            raise ValueError("cuda_graph=True is for the cuda provider")
-        return [("TensorrtExecutionProvider", {"device_id": str(device_id)}), cuda, "CPUExecutionProvider"]
-    return [cuda, "CPUExecutionProvider"]
+    return [("TensorrtExecutionProvider", trt_options), cuda, "CPUExecutionProvider"]
+
+
+def trt_cache_folders(model: Path, trt_cache_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """The (engine, timing) cache folders for TensorRT serving `model`, created when missing.
+
+    trt_cache_dir: the top folder; None is `raft_engine.weights.cache_dir()` / "tensorrt"
+    (`RAFT_ENGINE_CACHE`, default ~/.cache/raft_engine). The timing cache (kernel timings per layer
+    configuration) is shared by every model there; engines go to a subfolder named after the model
+    file's content: ONNX Runtime names a cached engine after the file name and the graph's node names,
+    not the weights, so a re-export with other weights to the same name would load the stale engine.
+    """
+    if trt_cache_dir is None:
+        from raft_engine.weights import cache_dir
+
+        top = cache_dir() / "tensorrt"
+    else:
+        top = Path(trt_cache_dir)
+    digest = hashlib.sha256()
+    with open(model, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    engines = top / f"{model.stem}-{digest.hexdigest()[:16]}"
+    engines.mkdir(parents=True, exist_ok=True)
+    return engines, top
+
+
+def provider_fallback_message(requested: str, active: str) -> str:
+    """Why ONNX Runtime runs on `active` when `requested` was asked for: the provider failed to load."""
+    if requested == "TensorrtExecutionProvider":
+        cause = (
+            "the TensorRT libraries (libnvinfer) or the CUDA and cuDNN libraries this onnxruntime-gpu build "
+            "needs were not found"
+        )
+    else:
+        cause = "the CUDA and cuDNN libraries this onnxruntime-gpu build needs were not found"
+    gpu = "" if torch.cuda.is_available() else " (torch sees no CUDA GPU here)"
+    return (
+        f"asked for {requested}, but ONNX Runtime fell back to {active}: {requested} failed to load. Likely "
+        f"causes: {cause} (install them, e.g. as pip packages or with torch's CUDA build, or put them on "
+        f"LD_LIBRARY_PATH), or there is no usable GPU{gpu}. ONNX Runtime's log above names what failed"
+    )
 
 
 class OrtFlowSession:
     """An exported RAFT graph (`raft_engine.export.export_onnx`) in ONNX Runtime.
 
-    providers: "cuda", "tensorrt" (with CUDA and CPU fallback), "cpu", or "auto" (CUDA when there is
-        a GPU and onnxruntime-gpu, else CPU).
+    providers: "cuda", "tensorrt" (nodes that TensorRT does not take run on CUDA, then the CPU), "cpu",
+        or "auto" (CUDA when there is a GPU and onnxruntime-gpu, else CPU). When "cuda" or "tensorrt"
+        does not load, ONNX Runtime falls back to the next provider with only a log line: this raises
+        ProviderError instead ("auto" warns and runs on what loaded).
     padding: "sintel" or "kitti", as FlowEngine; images must pad to the graph's input size.
     cuda_graph: let ONNX Runtime record the CUDA provider's work as a CUDA graph (fixed batch only).
+    device_id: the GPU to run on.
     check_placement: under a GPU provider, profile one run to find nodes placed on the CPU and warn
         about them (`cpu_nodes`); default on for CUDA, off for TensorRT, whose engine build it repeats.
+    tf32: let the CUDA provider run float32 convolutions and matrix products in TF32 (faster on Ampere
+        and later, with 10-bit mantissas); off by default, so that an fp32 graph keeps its 1e-4 parity
+        with PyTorch float32.
+    trt_cache_dir: where TensorRT keeps its engines and timing cache, so that a later process loads
+        the engine instead of building it (`trt_cache_folders`); None: `raft_engine.weights.cache_dir()`
+        / "tensorrt".
+    tensorrt_fp16: let TensorRT run layers in float16 (trt_fp16_enable).
     """
 
     def __init__(
@@ -85,6 +251,9 @@ class OrtFlowSession:
         cuda_graph: bool = False,
         device_id: int = 0,
         check_placement: bool | None = None,
+        tf32: bool = False,
+        trt_cache_dir: str | os.PathLike | None = None,
+        tensorrt_fp16: bool = False,
     ) -> None:
         import onnxruntime
 
@@ -95,8 +264,22 @@ class OrtFlowSession:
         self.path = path
         self.padding = padding
         self.device_id = device_id
-        provider_list = _provider_list(providers, device_id, cuda_graph)
+        provider = _resolve_provider(providers, onnxruntime.get_available_providers())
+        trt_cache = trt_cache_folders(path, trt_cache_dir) if provider == "tensorrt" else None
+        provider_list = _provider_list(provider, device_id, cuda_graph, tf32, trt_cache, tensorrt_fp16)
+        if provider != "cpu" and hasattr(onnxruntime, "preload_dlls"):
+            onnxruntime.preload_dlls()  # onnxruntime-gpu: load CUDA/cuDNN from the pip packages or torch
         self.session = onnxruntime.InferenceSession(str(path), quiet_session_options(), providers=provider_list)
+        if provider != "cpu":
+            # ONNX Runtime falls back to the next provider when one fails to load, with only a log line
+            # (and its Python wrapper retries without the provider options, TF32 off among them).
+            if self.providers[0] != _GPU[provider]:
+                message = provider_fallback_message(_GPU[provider], self.providers[0])
+                if providers != "auto":
+                    raise ProviderError(message)
+                warnings.warn(message, stacklevel=2)
+            # And a provider failing in a run would be retried on CUDA/CPU with default options: raise.
+            self.session.disable_fallback()
         meta = self.session.get_modelmeta().custom_metadata_map
         missing = [k for k in ("raft_engine.height", "raft_engine.width", "raft_engine.batch") if k not in meta]
         if missing:
@@ -104,6 +287,9 @@ class OrtFlowSession:
         self.metadata = dict(meta)
         self.height, self.width = int(meta["raft_engine.height"]), int(meta["raft_engine.width"])
         self.batch = None if meta["raft_engine.batch"] == "dynamic" else int(meta["raft_engine.batch"])
+        # Before any run (the placement check runs the graph): a fixed batch past the limit can never
+        # run; a dynamic one is checked per call, but must at least fit one pair.
+        check_dense_volume(self.batch or 1, self.height, self.width)
         self.outputs = [o.name for o in self.session.get_outputs()]
         if cuda_graph and self.batch is None:
             raise ValueError("cuda_graph=True needs a graph exported with a fixed batch")
@@ -113,7 +299,7 @@ class OrtFlowSession:
         if check_placement is None:
             check_placement = self.providers[0] == "CUDAExecutionProvider"
         if self.on_gpu and check_placement:
-            self.cpu_nodes = self._cpu_placed_nodes(provider_list)
+            self.cpu_nodes = cpu_placed_nodes(self._profile_events(provider_list))
             if self.cpu_nodes:
                 listing = ", ".join(f"{op} x{count}" for op, count in sorted(self.cpu_nodes.items()))
                 warnings.warn(
@@ -135,8 +321,8 @@ class OrtFlowSession:
             f"{self.height}x{self.width}, batch {self.batch or 'dynamic'}, providers {self.providers})"
         )
 
-    def _cpu_placed_nodes(self, provider_list) -> Counter:
-        """Profile one run on zeros and count the nodes (by op type) that ran on the CPU provider."""
+    def _profile_events(self, provider_list: list) -> list[dict]:
+        """The events of ONNX Runtime's profile of one run on zeros under `provider_list`."""
         import onnxruntime
 
         options = quiet_session_options()
@@ -146,16 +332,7 @@ class OrtFlowSession:
             session = onnxruntime.InferenceSession(str(self.path), options, providers=provider_list)
             zeros = np.zeros((self.batch or 1, 3, self.height, self.width), np.float32)
             session.run(None, {"image1": zeros, "image2": zeros})
-            events = json.loads(Path(session.end_profiling()).read_text())
-        # One "<node>_kernel_time" event per node run, with its provider and op type.
-        return Counter(
-            event["args"]["op_name"]
-            for event in events
-            if event.get("cat") == "Node"
-            and event["name"].endswith("_kernel_time")
-            and event["args"].get("provider") == "CPUExecutionProvider"
-            and event["args"].get("op_name") not in _SHAPE_OPS
-        )
+            return json.loads(Path(session.end_profiling()).read_text())
 
     def estimate(self, image1: ImageLike, image2: ImageLike) -> FlowResult:
         """Flow from image1 to image2, cropped back to the input size; torch tensors on the input's
@@ -172,6 +349,8 @@ class OrtFlowSession:
         batch = batch1.shape[0]
         if self.batch is not None and batch != self.batch:
             raise ValueError(f"this graph was exported for batch {self.batch}, got {batch} pair(s)")
+        if self.batch is None:
+            check_dense_volume(batch, self.height, self.width)
         padded1 = padder.pad(batch1).contiguous()
         padded2 = padder.pad(batch2).contiguous()
         if padded1.is_cuda and padded1.device.index != self.device_id:
