@@ -24,6 +24,9 @@ from raft_engine.upsampling import compute_dtype
 # Building a half-precision volume goes through float32 in row chunks of at most this many bytes,
 # so the float32 volume never exists whole.
 BUILD_CHUNK_BYTES = 1 << 28
+# Pooling a pyramid level goes in row chunks of at most this many input elements: PyTorch's CUDA
+# avg_pool2d indexes with 32-bit integers.
+POOL_CHUNK_ELEMENTS = 2**31 - 1
 
 
 class Correlation(Protocol):
@@ -156,15 +159,32 @@ def all_pairs_correlation(fmap1: torch.Tensor, fmap2: torch.Tensor) -> torch.Ten
     The 1/sqrt(D) scale is the published one; trained weights expect it.
     """
     batch, dim, height, width = fmap1.shape
-    corr = torch.matmul(fmap1.reshape(batch, dim, height * width).transpose(1, 2), fmap2.reshape(batch, dim, -1))
-    return (corr / math.sqrt(dim)).view(batch * height * width, 1, height, width)
+    # Scaled before the product: fmap1 is O(HW) where the volume is O((HW)^2), and dividing the volume
+    # out of place would hold two of them (34 GB becoming 68 GB at 1088x1920, batch 8).
+    features1 = fmap1.reshape(batch, dim, height * width).transpose(1, 2) / math.sqrt(dim)
+    corr = torch.matmul(features1, fmap2.reshape(batch, dim, -1))
+    return corr.view(batch * height * width, 1, height, width)
+
+
+def pool_level(corr: torch.Tensor) -> torch.Tensor:
+    """(N, 1, h, w) -> (N, 1, h // 2, w // 2): the 2x2 average, in chunks of rows when N * h * w exceeds
+    `POOL_CHUNK_ELEMENTS` (PyTorch's CUDA avg_pool2d refuses tensors of more than 2^31 - 1 elements,
+    which the dense pyramid reaches at 1088x1920 from 9 pairs on)."""
+    rows, _, height, width = corr.shape
+    chunk = max(1, POOL_CHUNK_ELEMENTS // max(1, height * width))
+    if rows <= chunk:
+        return F.avg_pool2d(corr, kernel_size=2, stride=2)
+    pooled = corr.new_empty(rows, 1, height // 2, width // 2)
+    for start in range(0, rows, chunk):
+        pooled[start : start + chunk] = F.avg_pool2d(corr[start : start + chunk], kernel_size=2, stride=2)
+    return pooled
 
 
 def correlation_pyramid(corr: torch.Tensor, levels: int) -> list[torch.Tensor]:
     """Level l is level l-1 average-pooled 2x2 over image 2's axes (odd sizes floor, as published)."""
     pyramid = [corr]
     for _ in range(levels - 1):
-        corr = F.avg_pool2d(corr, kernel_size=2, stride=2)
+        corr = pool_level(corr)
         pyramid.append(corr)
     return pyramid
 
@@ -198,10 +218,10 @@ class DenseCorrelation:
             cells = height * width
             corr = torch.empty(batch, cells, cells, device=fmap1.device, dtype=self.storage_dtype)
             rows = max(1, BUILD_CHUNK_BYTES // (4 * batch * cells))
-            features1 = fmap1.reshape(batch, dim, cells).transpose(1, 2)
+            features1 = fmap1.reshape(batch, dim, cells).transpose(1, 2) / math.sqrt(dim)
             features2 = fmap2.reshape(batch, dim, cells)
             for start in range(0, cells, rows):
-                block = torch.matmul(features1[:, start : start + rows], features2) / math.sqrt(dim)
+                block = torch.matmul(features1[:, start : start + rows], features2)
                 corr[:, start : start + rows] = block.to(self.storage_dtype)
             corr = corr.view(batch * cells, 1, height, width)
         return correlation_pyramid(corr, self.levels)
