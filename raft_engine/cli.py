@@ -219,6 +219,18 @@ def _build_parser() -> argparse.ArgumentParser:
     # main() hands `bench` to the benchmark's own parser before this one runs: listed here for --help only.
     commands.add_parser("bench", help="benchmark configurations (options: raft-engine bench --help)", add_help=False)
     commands.add_parser("presets", help="list the named weights and whether they are cached")
+    selftest = commands.add_parser(
+        "selftest",
+        help="check that this machine runs every backend correctly, and how fast (the first command on a new GPU)",
+        description="Print the environment, run every backend that applies (torch, Triton, compiled, CUDA graphs, "
+        "ONNX Runtime) on a generated pair at two sizes, RAFT-large and RAFT-small, float32 and half precision, and "
+        "compare each with the float32 torch reference. Exits 1 when a check fails; skipped checks do not fail.",
+    )
+    selftest.add_argument(
+        "--device", choices=("cuda", "cpu"), default=None, help="default: cuda if available, else cpu"
+    )
+    selftest.add_argument("--quick", action="store_true", help="small sizes, 4 iterations, fewer compiles")
+    selftest.add_argument("--json", metavar="PATH", help="also write the environment and one record per check")
     return parser
 
 
@@ -479,6 +491,12 @@ def _run_demo(args: argparse.Namespace) -> None:
     )
 
 
+def _run_selftest(args: argparse.Namespace) -> int:
+    from raft_engine.selftest import main as selftest
+
+    return selftest(args)
+
+
 def _run_presets(args: argparse.Namespace) -> None:
     from raft_engine.weights import PRESETS, cache_dir
 
@@ -505,6 +523,7 @@ _COMMANDS = {
     "export": _run_export,
     "demo": _run_demo,
     "presets": _run_presets,
+    "selftest": _run_selftest,
 }
 
 
@@ -525,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.showwarning = show_warning
     try:
-        _COMMANDS[args.command](args)
+        code = _COMMANDS[args.command](args)
     except (UserError, ValueError, OSError) as error:
         print(f"raft-engine: error: {error}", file=sys.stderr)
         return 1
@@ -537,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("raft-engine: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

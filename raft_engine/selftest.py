@@ -1,0 +1,399 @@
+"""`raft-engine selftest`: whether this machine runs every path of the engine correctly, and how fast.
+
+It prints the environment (Python, torch, CUDA, cuDNN, the GPU, the TF32 settings, triton, onnx,
+onnxruntime and its providers, the C compiler and Python headers Triton's launcher needs), then runs
+each backend that applies on a generated pair at two sizes, RAFT-large and RAFT-small, in float32
+and the half-precision modes, and compares each flow with the float32 PyTorch reference of the same
+model on the same pair: relative error, mean end-point distance (px), one latency, ok/fail/skipped.
+
+Weights: RAFT-small is the built-in trained model; RAFT-large has random weights (seed 0), as no
+trained RAFT-large ships with the package, so its drift is relative to its own reference only.
+TF32 is off while the checks run (restored after): float32 paths are checked as float32.
+A skipped check (a backend that does not apply here, a missing package or provider) is not a
+failure; the command exits non-zero when any check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import sysconfig
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from raft_engine.inputs import interpreting
+
+# Relative L2 error of the flow against the float32 PyTorch reference that a check may reach. float32:
+# measured 1e-7..1.3e-6 on the CPU (Triton through its interpreter, ONNX Runtime); GPU kernels sum
+# in other orders, so 1e-4. Half precision: measured up to 1.3e-2 (bf16) and 1.9e-3 (fp16) relative
+# with synthetic weights at 128x160, 6 iterations; the bounds leave room for other sizes and weights.
+BOUNDS = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 6e-2}
+SIZES = {
+    ("cuda", False): [(440, 1024), (1080, 1920)],
+    ("cuda", True): [(128, 160), (123, 157)],
+    ("cpu", False): [(256, 320), (251, 317)],
+    ("cpu", True): [(128, 160), (123, 157)],
+}
+PAIR_SEED = 3  # a held-out generated scene (seeds below 1,000,000 never served in training)
+
+
+@dataclass(frozen=True)
+class Check:
+    backend: str  # "torch", "triton", "compiled", "compiled+graphs", "ort-cpu", "ort-cuda", "ort-tensorrt"
+    variant: str
+    dtype: str
+    height: int
+    width: int
+    corr: str = "volume"
+
+    @property
+    def name(self) -> str:
+        corr = f" {self.corr}" if self.backend == "triton" else ""
+        return f"{self.backend}{corr} RAFT-{self.variant} {self.dtype} {self.height}x{self.width}"
+
+
+@dataclass
+class Context:
+    device: torch.device
+    quick: bool
+    iters: int
+    workdir: Path
+    models: dict[str, Any] = field(default_factory=dict)
+    pairs: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    references: dict[tuple[str, int, int], torch.Tensor] = field(default_factory=dict)
+
+
+class Skipped(Exception):
+    """The check does not apply here; the message says why."""
+
+
+# Environment ------------------------------------------------------------------------------------
+
+
+def _version(module: str) -> str | None:
+    try:
+        return str(__import__(module).__version__)
+    except ImportError:
+        return None
+    except Exception as error:  # noqa: BLE001 - a broken install is reported, not raised
+        return f"broken: {type(error).__name__}: {error}"
+
+
+def c_compiler() -> str | None:
+    """The C compiler Triton's launcher is built with: $CC, else cc, gcc or clang on PATH."""
+    for candidate in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return None
+
+
+def python_headers() -> str | None:
+    header = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    return str(header) if header.is_file() else None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "device": str(device),
+        "tf32_conv": torch.backends.cudnn.allow_tf32,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "triton": _version("triton"),
+        "triton_interpreter": interpreting(),
+        "onnx": _version("onnx"),
+        "onnxscript": _version("onnxscript"),
+        "onnxruntime": _version("onnxruntime"),
+        "onnxruntime_providers": _ort_providers(),
+        "c_compiler": c_compiler(),
+        "python_headers": python_headers(),
+    }
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        found["gpu"] = properties.name
+        found["gpu_memory_gib"] = round(properties.total_memory / 2**30, 1)
+        found["compute_capability"] = f"{properties.major}.{properties.minor}"
+    return found
+
+
+def _ort_providers() -> list[str] | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return list(onnxruntime.get_available_providers())
+
+
+def toolchain_record(device: torch.device, env: dict[str, Any]) -> dict[str, Any]:
+    """Triton compiles a small C launcher on its first launch on a GPU: it needs a C compiler and the
+    Python headers. The interpreter (CPU) needs neither."""
+    record = _record("triton-launcher-toolchain", "triton", "-", "-", None)
+    if device.type != "cuda":
+        record.update(status="skipped", reason="only Triton on a GPU builds a C launcher")
+        return record
+    missing = []
+    if env["c_compiler"] is None:
+        missing.append("a C compiler (set CC, or install gcc: apt-get install gcc)")
+    if env["python_headers"] is None:
+        missing.append(
+            f"the Python headers (Python.h in {sysconfig.get_paths()['include']}: apt-get install python3-dev)"
+        )
+    if missing:
+        record.update(status="fail", reason="Triton's launcher needs " + " and ".join(missing))
+    return record
+
+
+# Checks -----------------------------------------------------------------------------------------
+
+
+def plan(device: torch.device, quick: bool) -> list[Check]:
+    """Every check for this device: both variants, two sizes, the half-precision modes."""
+    checks = []
+    sizes = SIZES[(device.type, quick)]
+    for variant in ("large", "small"):
+        for index, (height, width) in enumerate(sizes):
+            first = index == 0
+            # --quick: the half-precision modes at the first size only (float16 convolutions on the CPU
+            # take half a minute for RAFT-large); the second, odd size checks the padding in float32.
+            for dtype in ("fp32", "fp16", "bf16") if first or not quick else ("fp32",):
+                checks.append(Check("torch", variant, dtype, height, width))
+                checks.append(Check("triton", variant, dtype, height, width, "volume"))
+                checks.append(Check("triton", variant, dtype, height, width, "ondemand"))
+                if dtype != "fp16" and (first or not quick):  # one compile per shape and dtype: minutes
+                    checks.append(Check("compiled", variant, dtype, height, width))
+                    checks.append(Check("compiled+graphs", variant, dtype, height, width))
+            if first:  # one ONNX export per variant and precision
+                for backend in ("ort-cpu", "ort-cuda", "ort-tensorrt"):
+                    for dtype in ("fp32", "fp16"):
+                        checks.append(Check(backend, variant, dtype, height, width))
+    return checks
+
+
+def _model(context: Context, variant: str):
+    if variant not in context.models:
+        from raft_engine.config import RAFTConfig
+        from raft_engine.model import RAFT
+        from raft_engine.weights import load_model
+
+        if variant == "small":
+            context.models[variant] = load_model("builtin")
+        else:
+            torch.manual_seed(0)
+            context.models[variant] = RAFT(RAFTConfig.large()).eval()
+    return context.models[variant]
+
+
+def _pair(context: Context, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    if (height, width) not in context.pairs:
+        from raft_engine.scenes import generate_pair
+
+        scene = generate_pair(PAIR_SEED, height, width)
+        context.pairs[(height, width)] = (scene.image1, scene.image2)
+    return context.pairs[(height, width)]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(run: Callable[[], torch.Tensor], device: torch.device, warmups: int) -> tuple[torch.Tensor, float]:
+    """-> (flow on the CPU, milliseconds of one run after `warmups` runs)."""
+    for _ in range(warmups):
+        run()
+    _sync(device)
+    start = time.perf_counter()
+    flow = run()
+    _sync(device)
+    return flow.float().cpu(), 1000 * (time.perf_counter() - start)
+
+
+def _engine_runner(check: Check, context: Context) -> tuple[Callable[[], torch.Tensor], int]:
+    """A callable computing the flow of the check's pair, and how many warm-up runs it needs."""
+    from raft_engine.engine import FlowEngine
+
+    device = context.device
+    compiled = check.backend.startswith("compiled")
+    if check.backend == "triton" and device.type == "cpu" and not interpreting():
+        raise Skipped("the Triton kernels run on CUDA, or on the CPU with TRITON_INTERPRET=1 set before start")
+    if check.backend == "compiled+graphs" and device.type != "cuda":
+        raise Skipped("CUDA graphs need a GPU")
+    if compiled and device.type == "cpu" and context.quick:
+        raise Skipped("--quick on the CPU: compiling takes about a minute per shape")
+    if check.dtype == "fp16" and device.type == "cpu" and check.backend != "torch":
+        raise Skipped("float16 convolutions on the CPU are the torch backend's only")
+    engine = FlowEngine(
+        _model(context, check.variant),
+        device=device,
+        dtype=check.dtype,
+        backend="triton" if check.backend == "triton" or (compiled and device.type == "cuda") else "torch",
+        corr=check.corr,
+        compile=compiled,
+        cuda_graphs=check.backend == "compiled+graphs",
+    )
+    image1, image2 = _pair(context, check.height, check.width)
+    # Warm-up, record, replay for CUDA graphs; one compile for torch.compile; the first Triton launch
+    # compiles its kernels on a GPU.
+    warmups = 3 if compiled else (1 if device.type == "cuda" else 0)
+    return (lambda: engine.estimate(image1, image2, iters=context.iters).flow), warmups
+
+
+def _ort_runner(check: Check, context: Context) -> tuple[Callable[[], torch.Tensor], int]:
+    provider = check.backend.removeprefix("ort-")
+    wanted = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+    providers = _ort_providers()
+    if providers is None:
+        raise Skipped("onnxruntime is not installed (pip install onnxruntime-gpu, or onnxruntime)")
+    if wanted[provider] not in providers:
+        raise Skipped(f"this onnxruntime has no {wanted[provider]} (available: {', '.join(providers)})")
+    if provider != "cpu" and context.device.type != "cuda":
+        raise Skipped(f"{wanted[provider]} needs a GPU")
+    for module in ("onnx", "onnxscript"):
+        if _version(module) is None:
+            raise Skipped(f"exporting needs {module}: pip install onnx onnxscript")
+    from raft_engine.export import OrtFlowSession, export_onnx
+    from raft_engine.inputs import Padder
+
+    height, width = Padder(check.height, check.width).padded_size
+    path = context.workdir / f"{check.variant}-{check.dtype}-{height}x{width}.onnx"
+    if not path.exists():
+        export_onnx(
+            _model(context, check.variant),
+            path,
+            iters=context.iters,
+            height=height,
+            width=width,
+            dtype=check.dtype,
+            verify=False,
+        )
+    session = OrtFlowSession(path, providers=provider)
+    image1, image2 = _pair(context, check.height, check.width)
+    return (lambda: session.estimate(image1, image2).flow), (1 if provider != "cpu" else 0)
+
+
+def _reference(check: Check, context: Context) -> torch.Tensor:
+    key = (check.variant, check.height, check.width)
+    if key not in context.references:
+        reference = Check("torch", check.variant, "fp32", check.height, check.width)
+        run, _ = _engine_runner(reference, context)
+        context.references[key] = run().float().cpu()
+    return context.references[key]
+
+
+def _record(check: str, backend: str, variant: str, dtype: str, size: tuple[int, int] | None) -> dict[str, Any]:
+    return {
+        "check": check,
+        "backend": backend,
+        "variant": variant,
+        "dtype": dtype,
+        "size": f"{size[0]}x{size[1]}" if size else None,
+        "status": "ok",
+        "drift": None,
+        "relative_error": None,
+        "bound": None,
+        "latency_ms": None,
+        "reason": None,
+    }
+
+
+def run_check(check: Check, context: Context) -> dict[str, Any]:
+    record = _record(check.name, check.backend, check.variant, check.dtype, (check.height, check.width))
+    record["corr"] = check.corr
+    try:
+        if check.backend.startswith("ort-"):
+            run, warmups = _ort_runner(check, context)
+        else:
+            run, warmups = _engine_runner(check, context)
+        flow, latency = _timed(run, context.device, warmups)
+        del run
+        reference = _reference(check, context)
+        relative = float((flow - reference).norm() / reference.norm().clamp_min(1e-12))
+        bound = BOUNDS[check.dtype]
+        record.update(
+            drift=round(float((flow - reference).norm(dim=1).mean()), 6),
+            relative_error=float(f"{relative:.3g}"),
+            bound=bound,
+            latency_ms=round(latency, 2),
+        )
+        if not relative <= bound:  # NaN fails too
+            record.update(status="fail", reason=f"relative error {relative:.3g} above {bound:g}")
+    except Skipped as reason:
+        record.update(status="skipped", reason=str(reason))
+    except Exception as error:  # noqa: BLE001 - every failure is one line of the report
+        record.update(status="fail", reason=f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}")
+    finally:
+        if context.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return record
+
+
+@contextlib.contextmanager
+def tf32_off() -> Iterator[None]:
+    """float32 as float32 while checking: PyTorch runs float32 convolutions in TF32 on Ampere and later
+    by default. The legacy flags: once the fp32_precision API is used, torch 2.13's export fails."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+# Report -----------------------------------------------------------------------------------------
+
+
+def _print_environment(env: dict[str, Any], out: Callable[[str], None]) -> None:
+    out("environment:")
+    for key, value in env.items():
+        shown = ", ".join(value) if isinstance(value, list) else ("not found" if value is None else value)
+        out(f"  {key:22s} {shown}")
+
+
+def _row(record: dict[str, Any]) -> str:
+    drift = "-" if record["drift"] is None else f"{record['drift']:.2e}"
+    relative = "-" if record["relative_error"] is None else f"{record['relative_error']:.2e}"
+    latency = "-" if record["latency_ms"] is None else f"{record['latency_ms']:.1f}"
+    reason = f"  {record['reason']}" if record["reason"] else ""
+    return f"  {record['status']:7s} {record['check']:52s} {drift:>9s} {relative:>9s} {latency:>9s}{reason}"
+
+
+def run(device: torch.device, quick: bool, json_path: str | None, out: Callable[[str], None] = print) -> int:
+    """Run every check; print the environment and a table; -> exit code (1 when any check failed)."""
+    env = environment(device)
+    _print_environment(env, out)
+    records = [toolchain_record(device, env)]
+    out("\nchecks (drift: mean end-point distance to the float32 torch reference, px; relative L2 error; ms):")
+    out(f"  {'status':7s} {'check':52s} {'drift px':>9s} {'relative':>9s} {'ms':>9s}")
+    out(_row(records[0]))
+    with tempfile.TemporaryDirectory(prefix="raft-selftest-") as workdir, tf32_off():
+        context = Context(device, quick, 4 if quick else 12, Path(workdir))
+        for check in plan(device, quick):
+            records.append(run_check(check, context))
+            out(_row(records[-1]))
+    counts = {status: sum(r["status"] == status for r in records) for status in ("ok", "fail", "skipped")}
+    out(f"\n{counts['ok']} ok, {counts['fail']} failed, {counts['skipped']} skipped")
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps({"environment": env, "records": records}, indent=1) + "\n")
+    return 1 if counts["fail"] else 0
+
+
+def main(args: argparse.Namespace) -> int:
+    from raft_engine.inputs import parse_device
+
+    device = parse_device(args.device)
+    return run(device, args.quick, args.json)
