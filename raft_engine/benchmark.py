@@ -1,20 +1,24 @@
 """Latency, throughput, memory, FLOPs and accuracy drift of RAFT configurations, with peers measured
 in the same run. `python bench.py --help` (or `raft-engine bench`) lists the options.
 
-Per configuration: warm-up runs (the compile time of compiled backends is `warmup_s`), then timed
-runs (CUDA events on a GPU) -> latency median/p90/p99 and pairs/s; peak device memory; FLOPs per pair
-counted with torch.utils.flop_counter on the meta device (convolutions and matrix products of the
-configuration's correlation mode), achieved TFLOP/s and its fraction of a bf16 matrix-product peak
-measured in the same run; and the mean end-point distance (px) between this configuration's flow and
-the fp32 PyTorch reference on the same inputs. Configurations that cannot run are reported with the
-reason, and the sweep goes on.
+Per configuration: warm-up runs (the compile time of compiled backends is `warmup_s`; compiled
+backends get at least 3: compile, and with CUDA graphs record and replay), then timed runs (CUDA events
+on a GPU) -> latency median/p90/p99 and pairs/s; peak device memory; FLOPs per pair counted with
+torch.utils.flop_counter on the meta device (convolutions and matrix products of the configuration's
+correlation mode), achieved TFLOP/s and its fraction of a bf16 matrix-product peak measured in the
+same run; whether PyTorch's TF32 flags were on; and the mean end-point distance (px) between this
+configuration's flow and the fp32 PyTorch reference on the same inputs, run in IEEE float32 (TF32 off)
+after the measured engine is freed. Configurations that cannot run are reported with the reason, and
+the sweep goes on; a reference that fails leaves only the drift missing (`reference_error`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
+import gc
 import json
 import platform
 import shlex
@@ -24,7 +28,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -172,6 +176,52 @@ def time_runs(run, device: torch.device, warmup: int, runs: int) -> tuple[list[f
             run()
             latencies.append(1000 * (time.perf_counter() - started))
     return latencies, warmup_s
+
+
+@contextlib.contextmanager
+def ieee_fp32() -> Iterator[None]:
+    """Inside: float32 convolutions (cuDNN) and matrix products in IEEE float32, not TF32 (10-bit
+    mantissas), which PyTorch uses for convolutions on Ampere and later GPUs by default. The previous
+    settings come back after, also when the body raises. The legacy flags, not `fp32_precision`: once the
+    new API is used, torch.export (torch 2.13) fails reading the legacy flag."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def tf32_in_use(backend: str) -> dict[str, bool | None]:
+    """Whether `backend` runs float32 convolutions and matrix products in TF32, read now: PyTorch's flags
+    for the PyTorch backends (they act on CUDA GPUs of Ampere and later); ONNX Runtime does not read them:
+    its sessions here are made with use_tf32=0 and the CPU has no TF32, while TensorRT's builder makes its
+    own choice (None: not known here)."""
+    if backend == "ort-tensorrt":
+        return {"tf32_conv": None, "tf32_matmul": None}
+    if backend.startswith("ort-"):
+        return {"tf32_conv": False, "tf32_matmul": False}
+    return {
+        "tf32_conv": bool(torch.backends.cudnn.allow_tf32),
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+    }
+
+
+COMPILED_BACKENDS = ("compiled", "compiled+graphs")
+COMPILED_WARMUP = 3  # compile, then with CUDA graphs: warm-up, record, replay (FlowEngine.warmup does 3 too)
+
+
+def warmup_runs(backend: str, warmup: int) -> int:
+    """The warm-up runs of a configuration: the sweep's, at least COMPILED_WARMUP for compiled backends, so
+    that neither compiling nor recording a CUDA graph lands in the timed runs."""
+    return max(warmup, COMPILED_WARMUP) if backend in COMPILED_BACKENDS else warmup
+
+
+def one_line(error: BaseException) -> str:
+    """`error` as "Type: first line of its message" (at most 200 characters of it)."""
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
 
 
 def matmul_peak_tflops(device: torch.device) -> float:
@@ -378,8 +428,8 @@ def _load(variant: str, weights: str | Loaded | None) -> Loaded:
 
 
 MEASURED = (
-    "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "pairs_per_s", "warmup_s", "peak_mem_mb",
-    "gflop_per_pair", "tflops", "fraction_of_bf16_peak", "epe_vs_fp32", "runs",
+    "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "pairs_per_s", "warmup_s", "warmup_runs",
+    "peak_mem_mb", "gflop_per_pair", "tflops", "fraction_of_bf16_peak", "epe_vs_fp32", "runs",
 )  # fmt: skip
 ENGINE_BACKENDS = ("torch", "triton", "compiled", "compiled+graphs")
 
@@ -400,11 +450,13 @@ class SweepContext:
     flops: dict[tuple, float] = field(default_factory=dict)
 
     def reference(self, model, config: BenchConfig) -> torch.Tensor:
-        """The fp32 PyTorch flow of `config`'s inputs (on the CPU): what the drift is measured against."""
+        """The fp32 PyTorch flow of `config`'s inputs (on the CPU), computed in IEEE float32 (TF32 off):
+        what the drift is measured against."""
         key = (config.variant, config.batch, config.height, config.width, config.iters, config.corr)
         if key not in self.references:
             reference_config = replace(config, backend="torch", dtype="fp32")
-            self.references[key] = _engine_runner(model, reference_config, self.device)().float().cpu()
+            with ieee_fp32():
+                self.references[key] = _engine_runner(model, reference_config, self.device)().float().cpu()
         return self.references[key]
 
     def flops_per_pair(self, config: BenchConfig) -> float:
@@ -445,45 +497,89 @@ def _peak_memory(config: BenchConfig, device: torch.device, free_before: int) ->
     return round(torch.cuda.max_memory_allocated(device) / 2**20, 1), "torch.cuda.max_memory_allocated"
 
 
-def measure(config: BenchConfig, model, context: SweepContext, weights: str) -> dict:
-    """The record of one configuration: make its runner, time it, then its peak memory, FLOPs and drift
-    from the fp32 reference. Every record has every key of MEASURED; they stay None where the configuration
-    did not run, and `status` says why (unavailable, out of memory, or the error)."""
+def _time_config(config: BenchConfig, model, context: SweepContext, record: dict) -> torch.Tensor:
+    """Make the runner of `config`, time it, and fill `record`'s timing, memory and FLOP keys -> the flow
+    of one more run, on the CPU. The runner, and the engine or session it holds, die with this frame."""
     device = context.device
-    record = {**asdict(config), **context.common, "weights": weights, "status": "ok", **dict.fromkeys(MEASURED)}
+    run = make_runner(model, config, device, context.workdir)
+    free_before = _reset_memory(device)
+    warmup = warmup_runs(config.backend, context.warmup)
+    latencies, warmup_s = time_runs(run, device, warmup, context.runs)
+    flow = run().detach().cpu().float()
+    record["peak_mem_mb"], record["peak_mem_method"] = _peak_memory(config, device, free_before)
+    flops = context.flops_per_pair(config)
+    p50 = statistics.median(latencies)
+    pairs_per_s = config.batch / (p50 / 1000)
+    tflops = flops * pairs_per_s / 1e12
+    record.update(
+        latency_ms_p50=round(p50, 3),
+        latency_ms_p90=round(float(np.percentile(latencies, 90)), 3),
+        latency_ms_p99=round(float(np.percentile(latencies, 99)), 3),
+        pairs_per_s=round(pairs_per_s, 2),
+        warmup_s=round(warmup_s, 2),
+        warmup_runs=warmup,
+        gflop_per_pair=round(flops / 1e9, 1),
+        tflops=round(tflops, 3),
+        fraction_of_bf16_peak=round(tflops / context.peak, 4),
+        runs=context.runs,
+    )
+    return flow
+
+
+def _release(config: BenchConfig, device: torch.device) -> None:
+    """Give back the memory of a configuration's dropped runner before the next allocation: collect its
+    reference cycles; for compiled backends clear torch.compile's caches, which keep the compiled graphs
+    (and the CUDA-graph memory pool of compiled+graphs) alive after the engine is gone; then hand the
+    cached CUDA blocks back."""
+    gc.collect()
+    if config.backend in COMPILED_BACKENDS:
+        torch.compiler.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _drift(flow: torch.Tensor, model, config: BenchConfig, context: SweepContext) -> tuple[float | None, str | None]:
+    """-> (mean end-point distance in px between `flow` and the fp32 reference, None), or (None, why) where
+    the reference failed (out of memory included): a missing drift, not a failed configuration."""
     try:
-        run = make_runner(model, config, device, context.workdir)
-        free_before = _reset_memory(device)
-        latencies, warmup_s = time_runs(run, device, context.warmup, context.runs)
-        flow = run()
-        record["peak_mem_mb"], record["peak_mem_method"] = _peak_memory(config, device, free_before)
         reference = context.reference(model, config)
-        flops = context.flops_per_pair(config)
-        p50 = statistics.median(latencies)
-        pairs_per_s = config.batch / (p50 / 1000)
-        tflops = flops * pairs_per_s / 1e12
-        drift = (flow.float().cpu() - reference).norm(dim=1).mean().item()
-        record.update(
-            latency_ms_p50=round(p50, 3),
-            latency_ms_p90=round(float(np.percentile(latencies, 90)), 3),
-            latency_ms_p99=round(float(np.percentile(latencies, 99)), 3),
-            pairs_per_s=round(pairs_per_s, 2),
-            warmup_s=round(warmup_s, 2),
-            gflop_per_pair=round(flops / 1e9, 1),
-            tflops=round(tflops, 3),
-            fraction_of_bf16_peak=round(tflops / context.peak, 4),
-            epe_vs_fp32=round(drift, 5),
-            runs=context.runs,
-        )
+        return round((flow - reference).norm(dim=1).mean().item(), 5), None
+    except Exception as error:  # noqa: BLE001 - the configuration's own measurements stand
+        return None, one_line(error)
+
+
+def measure(config: BenchConfig, model, context: SweepContext, weights: str) -> dict:
+    """The record of one configuration: make its runner, time it, its peak memory and FLOPs; free it; then
+    the drift from the fp32 reference. Every record has every key of MEASURED; they stay None where the
+    configuration did not run, and `status` says why (unavailable, out of memory, or the error). A failed
+    reference leaves the status "ok" and `epe_vs_fp32` None, with the reason in `reference_error`.
+    `tf32_conv`/`tf32_matmul`: whether the measured configuration could run float32 in TF32
+    (`tf32_in_use`); `reference_tf32`: the reference never does."""
+    device = context.device
+    record = {
+        **asdict(config),
+        **context.common,
+        "weights": weights,
+        "status": "ok",
+        **dict.fromkeys(MEASURED),
+        **tf32_in_use(config.backend),
+        "reference_tf32": False,
+        "reference_error": None,
+    }
+    flow = None
+    try:
+        flow = _time_config(config, model, context, record)
     except Unavailable as reason:
         record["status"] = f"unavailable: {reason}"
     except torch.cuda.OutOfMemoryError:
         record["status"] = "out of memory"
     except Exception as error:  # noqa: BLE001 - one failing configuration must not end the sweep
-        record["status"] = f"error: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
-    finally:
+        record["status"] = f"error: {one_line(error)}"
+    _release(config, device)
+    if flow is not None:
+        record["epe_vs_fp32"], record["reference_error"] = _drift(flow, model, config, context)
         if device.type == "cuda":
-            torch.cuda.empty_cache()
+            torch.cuda.empty_cache()  # the reference's engine, or what a failed reference left
     return record
 
 
@@ -560,7 +656,7 @@ def table(records: list[dict]) -> str:
                 _cell(r, "tflops", "{:.2f}"),
                 _cell({**r, "percent": 100 * (r.get("fraction_of_bf16_peak") or 0)}, "percent", "{:.1f}"),
                 _cell(r, "epe_vs_fp32", "{:.4f}"),
-                r["status"],
+                r["status"] + (f" (no drift: {r['reference_error']})" if r.get("reference_error") else ""),
             ]
         )
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
@@ -672,7 +768,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     default, quick = SWEEPS["default"], SWEEPS["quick"]
     parser.add_argument(
-        "--warmup", type=int, default=None, help=f"warm-up runs (default {default.warmup}, quick {quick.warmup})"
+        "--warmup",
+        type=int,
+        default=None,
+        help=f"warm-up runs (default {default.warmup}, quick {quick.warmup}; compiled backends at least "
+        f"{COMPILED_WARMUP})",
     )
     parser.add_argument(
         "--runs", type=int, default=None, help=f"timed runs (default {default.runs}, quick {quick.runs})"
