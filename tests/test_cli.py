@@ -198,3 +198,66 @@ def test_missing_optional_package_is_one_line(workdir, tmp_path, capsys, monkeyp
     code, _, err = _run(["export", "--weights", workdir / "raft-small.pth", "--height", 128, "--width", 160,
                          "-o", tmp_path / "x.onnx"], capsys)  # fmt: skip
     assert "export needs onnx: pip install onnx onnxscript" in _one_line_error(code, err)
+
+
+@pytest.fixture
+def tiny_frames(tmp_path, monkeypatch):
+    """Three 16x16 frames in a folder. Every mistake below is caught before a model is loaded or an
+    image decoded; were a check missing, 16x16 is too small for RAFT and the command would fail with
+    another message (and --weights below names no file, so nothing slow runs). The working folder is
+    tmp_path: a sequence creates its default output folder flow/ there."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(folder / f"f{i}.png")
+    return sorted(folder.iterdir())
+
+
+def test_folder_with_fewer_than_two_frames(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "one"
+    folder.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "only.png")
+    (folder / "notes.txt").write_text("not a frame")  # not an image suffix: not counted
+    code, stdout, err = _run(["flow", folder, "--weights", tmp_path / "none.pth"], capsys)
+    assert "holds 1 image(s); at least 2 frames are needed" in _one_line_error(code, err)
+    assert stdout == ""
+
+
+def test_folder_mixed_with_files(tiny_frames, tmp_path, capsys):
+    folder = tiny_frames[0].parent
+    for frames in ([folder, tiny_frames[0]], [tiny_frames[0], folder]):
+        code, _, err = _run(["flow", *frames, "--weights", tmp_path / "none.pth"], capsys)
+        assert f"{folder} is a folder; give either one folder or a list of image files" in _one_line_error(code, err)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_max_magnitude_must_be_positive(tiny_frames, tmp_path, capsys, value):
+    args = ["flow", *tiny_frames[:2], "--weights", tmp_path / "none.pth", "-o", tmp_path / "f.png"]
+    code, _, err = _run([*args, "--max-magnitude", value], capsys)
+    assert f"--max-magnitude must be positive, got {float(value)}" in _one_line_error(code, err)
+    assert not (tmp_path / "f.png").exists()
+
+
+@pytest.mark.parametrize("option", ["-o", "--flo"])
+def test_sequence_output_that_is_an_existing_file(tiny_frames, tmp_path, capsys, option):
+    existing = tmp_path / "taken"
+    existing.write_text("keep me")
+    code, _, err = _run(["flow", *tiny_frames, "--weights", tmp_path / "none.pth", option, existing], capsys)
+    assert f"{existing} exists and is not a folder" in _one_line_error(code, err)
+    assert existing.read_text() == "keep me"
+
+
+def test_warm_start_with_onnx(tiny_frames, tmp_path, capsys):
+    # The check comes before the graph is opened: no export needed, the file need not exist.
+    code, _, err = _run(["flow", *tiny_frames, "--onnx", tmp_path / "x.onnx", "--warm-start"], capsys)
+    assert "--warm-start is not available with --onnx" in _one_line_error(code, err)
+
+
+def test_inspect_iters_zero(tiny_frames, tmp_path, capsys):
+    out = tmp_path / "report"
+    args = ["inspect", *tiny_frames[:2], "--pixel", "4,4", "--weights", tmp_path / "none.pth", "-o", out]
+    code, _, err = _run([*args, "--iters", 0], capsys)
+    assert "--iters must be >= 1, got 0" in _one_line_error(code, err)
+    assert not out.exists()

@@ -397,3 +397,26 @@ def test_published_presets_point_to_torchvision_over_https():
     for preset in weights.PRESETS.values():
         assert preset.url.startswith("https://download.pytorch.org/models/raft_")
         assert preset.filename.endswith(f"-{preset.sha256_prefix}.pth")
+
+
+def test_safetensors_without_the_package(tmp_path, monkeypatch):
+    path = tmp_path / "raft-small.safetensors"
+    path.write_bytes(b"\0" * 16)  # never opened: the import fails first
+    # None in sys.modules makes `import safetensors.torch` raise ModuleNotFoundError, as if not installed.
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    with pytest.raises(WeightsError, match=r"is a .safetensors file; install the 'safetensors' package to read it"):
+        load_model(path)
+    with pytest.raises(WeightsError, match="install the 'safetensors' package"):
+        weights.read_checkpoint(path)
+
+
+@pytest.mark.parametrize("contents", [[1, 2], torch.zeros(3)], ids=["list", "tensor"])
+def test_checkpoint_that_is_not_a_mapping(tmp_path, contents):
+    path = tmp_path / "weights.pth"
+    torch.save(contents, path)  # loads fine with weights_only=True, but holds no names
+    kind = type(contents).__name__
+    with pytest.raises(
+        WeightsError, match=rf"weights.pth: expected a state dict \(a mapping of names to tensors\), got {kind}"
+    ):
+        load_model(path)
