@@ -10,11 +10,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
 
 from raft_engine.correlation import all_pairs_correlation, correlation_pyramid
+from raft_engine.kernels import convex_upsample as upsample_module
+from raft_engine.kernels import corr_lookup as lookup_module
+from raft_engine.kernels import corr_ondemand as ondemand_module
 from raft_engine.kernels._triton import interpreting
 from raft_engine.kernels.convex_upsample import convex_upsample, convex_upsample_ref
 from raft_engine.kernels.corr_lookup import corr_lookup, corr_lookup_ref
@@ -103,10 +107,14 @@ def test_corr_ondemand_non_contiguous_coords(device):
     coords = make_coords(2, 17, 23, generator).to(device)
     strided = coords.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # channels-last strides
     sliced = torch.stack([coords, -coords], dim=-1).flatten(-2)[..., ::2]  # stride 2 along x
+    # Judged by float64 like the contiguous cases. Values reach 3.6: the kernel's error is 4.9e-7, the
+    # float32 reference's 5.5e-6 (grid_sample rounds the sample positions), so 1.5e-5 is allowed; the
+    # former rtol = atol = 1e-5 around the float32 reference allowed 4.6e-5 from it.
+    judge = corr_ondemand_ref(features1.double(), [level.double() for level in pyramid], coords.double(), 4)
+    reference = corr_ondemand_ref(features1, pyramid, coords, 4)
     for weird in (strided, sliced):
         assert not weird.is_contiguous()
-        expected = corr_ondemand_ref(features1, pyramid, coords, 4)
-        torch.testing.assert_close(corr_ondemand(features1, pyramid, weird, 4), expected, rtol=1e-5, atol=1e-5)
+        assert_as_exact_as_reference(corr_ondemand(features1, pyramid, weird, 4), reference, judge)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -168,6 +176,128 @@ def test_convex_upsample_non_contiguous_and_extreme_logits(device):
     assert not flow.is_contiguous() and not up_mask.is_contiguous()
     judge = convex_upsample_ref(flow.double(), up_mask.double())
     assert_as_exact_as_reference(convex_upsample(flow, up_mask), convex_upsample_ref(flow, up_mask), judge)
+
+
+# ------------------------------------------------------------------------------------------------
+# Every autotune configuration that a GPU would use, run here through the interpreter: the tests above
+# run the interpreter's single configuration (64 cells, 64 channels, 32 columns), so a bug that shows
+# only at another block size (a block's edge, a partial last block, an accumulation over several
+# feature blocks) would otherwise be seen on a GPU only.
+
+
+def gpu_configs(module, factory) -> list:
+    """`factory()`'s configurations as on a GPU. In the interpreter, one per set of meta-parameters:
+    it drops num_warps (a program runs as whole numpy arrays, without warps), so configurations
+    differing only in it compute the same there and one of them stands for all."""
+    with mock.patch.object(module, "interpreting", return_value=False):
+        configs = factory()
+    if not interpreting():
+        return configs
+    distinct = {}
+    for config in configs:
+        distinct.setdefault(tuple(sorted(config.kwargs.items())), config)
+    return list(distinct.values())
+
+
+def config_id(config) -> str:
+    names = [f"{name}={value}" for name, value in sorted(config.kwargs.items())]
+    return ",".join(names if interpreting() else [*names, f"warps={config.num_warps}"])
+
+
+def run_with_config(monkeypatch, autotuner, config, run):
+    """`run()` with `autotuner` held to `config`: a single configuration is launched as it is, without
+    benchmarking, through the real launcher (its arguments are the ones a GPU gets)."""
+    monkeypatch.setattr(autotuner, "configs", [config])
+    result = run()
+    assert autotuner.best_config is config  # the launch did go through `config`
+    return result
+
+
+ONDEMAND_CONFIGS = gpu_configs(ondemand_module, ondemand_module._ondemand_configs)
+LOOKUP_CONFIGS = gpu_configs(lookup_module, lookup_module._lookup_configs)
+UPSAMPLE_CONFIGS = gpu_configs(upsample_module, upsample_module._upsample_configs)
+
+# 2 images of 5 x 7 cells (70: a partial last block for 4, 8 and 16 cells, blocks spanning both
+# images), 2 levels (5 x 7, 2 x 3): a third would be 1 x 1, where the references divide by
+# (size - 1) = 0 and answer NaN.
+CONFIG_GRID = (2, 5, 7)
+CONFIG_LEVELS = 2
+
+# Feature sizes: RAFT-small's 128, RAFT-large's 256 and 96, each several blocks of every BLOCK_DIM
+# (16 to 64), so that a kernel keeping one block of channels only misses the others' share; 96 with
+# BLOCK_DIM=64 is a full block and a half-masked one.
+ONDEMAND_DIMS = (128, 256, 96)
+if interpreting():
+    # Interpreted, every configuration x dim x radius (36 calls) took 56 s of CPU time on this grid
+    # (170 s on the loaded 2-core machine), most of it with BLOCK_CELLS=1. So one (dim, radius) per
+    # configuration, in turn: the 6 configurations take each of the 6 pairs once (every dim twice,
+    # every radius three times), dim 96 going to BLOCK_DIM=64. These 6 take 8 s.
+    ONDEMAND_CASES = [(config, ONDEMAND_DIMS[i % 3], (3, 4)[i % 2]) for i, config in enumerate(ONDEMAND_CONFIGS)]
+else:  # on a GPU every combination: there a case costs one compilation, not minutes of interpreting
+    ONDEMAND_CASES = [(c, dim, radius) for c in ONDEMAND_CONFIGS for dim in ONDEMAND_DIMS for radius in (3, 4)]
+
+
+def test_the_configuration_lists_are_the_gpu_ones():
+    """The lists above are the GPU's (several), not the interpreter's single one, and every dim and
+    radius is run; a full block and a masked one of channels at least once."""
+    assert len(ONDEMAND_CONFIGS) > 1 and len(LOOKUP_CONFIGS) > 1 and len(UPSAMPLE_CONFIGS) > 1
+    assert {(c.kwargs["BLOCK_CELLS"], c.kwargs["BLOCK_DIM"]) for c in ONDEMAND_CONFIGS} >= {(1, 64), (4, 16)}
+    assert {dim for _, dim, _ in ONDEMAND_CASES} == set(ONDEMAND_DIMS)
+    assert {radius for _, _, radius in ONDEMAND_CASES} == {3, 4}
+    assert any(dim % c.kwargs["BLOCK_DIM"] for c, dim, _ in ONDEMAND_CASES)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "config, dim, radius",
+    [pytest.param(*case, id=f"{config_id(case[0])}-D{case[1]}-r{case[2]}") for case in ONDEMAND_CASES],
+)
+def test_corr_ondemand_every_gpu_configuration(config, dim, radius, device, monkeypatch):
+    batch, height, width = CONFIG_GRID
+    generator = torch.Generator().manual_seed(dim + radius)
+    fmap1, fmap2 = (f.to(device) for f in features(batch, dim, height, width, generator))
+    coords = make_coords(batch, height, width, generator).to(device)
+    features1 = fmap1.permute(0, 2, 3, 1).contiguous()
+    pyramid = [level.permute(0, 2, 3, 1).contiguous() for level in pooled_pyramid(fmap2, CONFIG_LEVELS)]
+    judge = corr_ondemand_ref(features1.double(), [level.double() for level in pyramid], coords.double(), radius)
+    kernel = run_with_config(
+        monkeypatch,
+        ondemand_module._corr_ondemand_kernel,
+        config,
+        lambda: corr_ondemand(features1, pyramid, coords, radius),
+    )
+    assert_as_exact_as_reference(kernel, corr_ondemand_ref(features1, pyramid, coords, radius), judge)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("config", LOOKUP_CONFIGS, ids=config_id)
+@pytest.mark.parametrize("radius", [3, 4])
+def test_corr_lookup_every_gpu_configuration(config, radius, device, monkeypatch):
+    batch, height, width = CONFIG_GRID
+    generator = torch.Generator().manual_seed(radius)
+    fmap1, fmap2 = (f.to(device) for f in features(batch, 16, height, width, generator))
+    pyramid = correlation_pyramid(all_pairs_correlation(fmap1, fmap2), CONFIG_LEVELS)
+    coords = make_coords(batch, height, width, generator).to(device)
+    judge = corr_lookup_ref([level.double() for level in pyramid], coords.double(), radius)
+    kernel = run_with_config(
+        monkeypatch, lookup_module._corr_lookup_kernel, config, lambda: corr_lookup(pyramid, coords, radius)
+    )
+    assert_as_exact_as_reference(kernel, corr_lookup_ref(pyramid, coords, radius), judge)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("config", UPSAMPLE_CONFIGS, ids=config_id)
+def test_convex_upsample_every_gpu_configuration(config, device, monkeypatch):
+    # 37 columns: several blocks of every BLOCK_W (8 to 32), the last one partial, so that the 3 x 3
+    # neighbourhoods cross block edges.
+    generator = torch.Generator().manual_seed(37)
+    flow = (5 * torch.randn(2, 2, 3, 37, generator=generator)).to(device)
+    up_mask = (3 * torch.randn(2, 576, 3, 37, generator=generator)).to(device)
+    judge = convex_upsample_ref(flow.double(), up_mask.double())
+    kernel = run_with_config(
+        monkeypatch, upsample_module._convex_upsample_kernel, config, lambda: convex_upsample(flow, up_mask)
+    )
+    assert_as_exact_as_reference(kernel, convex_upsample_ref(flow, up_mask), judge)
 
 
 # ------------------------------------------------------------------------------------------------
