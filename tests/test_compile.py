@@ -13,7 +13,10 @@ from torch._dynamo.utils import counters
 
 from raft_engine import FlowEngine
 
-TOLERANCE = 1e-4
+# Relative error against the float32 references: Inductor's C++ on the CPU is float32 too, measured 1.4e-6
+# (the fixture's 128x160 pair) and 1.3e-6 (the odd pair). The CUDA tests keep 1e-4: not measured on a GPU yet.
+TOLERANCE = 1e-5
+CUDA_TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +77,7 @@ def test_cuda_compiled_triton_matches_the_fixture(request, reference, corr, cuda
     engine.warmup(1, 128, 160, iters=6)
     assert dict(counters["graph_break"]) == {}
     flow = engine(reference["image1"], reference["image2"], iters=6)
-    assert rel_error(flow[0].cpu(), reference[f"official_{variant}_flow"]) < TOLERANCE
+    assert rel_error(flow[0].cpu(), reference[f"official_{variant}_flow"]) < CUDA_TOLERANCE
 
 
 @pytest.mark.gpu

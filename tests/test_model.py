@@ -14,7 +14,11 @@ from raft_engine import RAFT, FlowEngine, RAFTConfig, load_model
 from raft_engine.correlation import DenseCorrelation
 from raft_engine.inputs import interpreting
 
-TOLERANCE = 1e-4
+# Float32 against the float32 references, relative error: measured at most 6.2e-7 on the CPU (torch and
+# Triton through the interpreter); subtle numerics (BatchNorm eps 1e-4 instead of 1e-5, correlation inputs
+# rounded to TF32) give 5.6e-5. On CUDA the bound stays 1e-4: not measured on a GPU yet.
+TOLERANCE = 1e-5
+CUDA_TOLERANCE = 1e-4
 DEVICES = [
     "cpu",
     pytest.param(
@@ -54,7 +58,8 @@ def test_published_odd_size_through_engine(reference, variant, backend, corr, de
     result = engine.estimate(reference["odd_image1"], reference["odd_image2"], iters=6)
     assert result.flow.shape == (1, 2, 123, 157)
     assert result.flow_low.shape == (1, 2, 16, 20)
-    assert rel_error(result.flow[0].cpu(), reference[f"official_{variant}_odd_flow"]) < TOLERANCE
+    tolerance = TOLERANCE if device == "cpu" else CUDA_TOLERANCE
+    assert rel_error(result.flow[0].cpu(), reference[f"official_{variant}_odd_flow"]) < tolerance
 
 
 @pytest.mark.parametrize("variant", ["small", "large"])
