@@ -1,4 +1,21 @@
-"""The README's examples run as written, and CI runs the README's test command."""
+"""The README's examples run as written and give the results they should, and CI runs the README's
+test command.
+
+The examples run on the CPU (see `_env`), and after each Python example the test records its results
+(RECORD) for the checks. The one change the tests make to the examples' code is the iteration count:
+every `iters=12` of a Python example, and the `--iters 12` of `raft-engine export`, becomes ITERS of
+that example (`_with_iters` checks that every count it meets is 12, so an edited README fails here
+rather than running something else):
+
+- 6 in the eager, ONNX and tracing examples and the export: the published code's 6-iteration flow for
+  these weights and frames is in tests/data/raft_reference.npz (`official_large_flow`), an oracle for
+  their results (exporting takes about as long with 6 as with 12);
+- 2 in the torch.compile example: the compiled graph unrolls every iteration, so compiling takes longer
+  the more there are. With a cold Inductor cache, on 2 shared cores, compiling RAFT-large at 128x160
+  took 85-108 s (wall) with 12 iterations and 38-40 s with 2; from a warm cache, 5-10 s either way.
+
+Calls that give no count (the warm start, `raft-engine flow`) run the default 12 iterations.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +25,36 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from synthetic import synthetic_state_dict
 
+from raft_engine import FlowEngine, load_model
+from raft_engine.io import read_flo
+from raft_engine.viz import flow_to_color
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+
+# Iterations each Python example runs with (see the docstring), in README order: FlowEngine, compile,
+# ONNX, trace; and those of `raft-engine export`.
+ITERS = {"python": (6, 2, 6, 6), "export": 6}
+# What the test records after each Python example, in the same process, to check afterwards.
+RECORD = (
+    "_seen = dict(flow=result.flow, flow_low=result.flow_low, following=following.flow, colours=colours)",
+    "_seen.update(compiled=flow, eager=engine.estimate(image1, image2, iters={iters}).flow)",
+    "_seen.update(onnx=flow)",
+    "_seen.update(trace_flow=trace.flow, correspondence=pixel.correspondence, window=pixel.window[k][level])",
+)
+# Flows that should match (px, largest difference of a component; the flows reach 50 px). Measured on
+# the CPU: FlowEngine against the published code 0, the compiled forward against the eager one 1.5e-5,
+# ONNX Runtime against the published code 2.3e-5.
+EXACT = 1e-4
+# The relative L2 error against PyTorch that `export_onnx` prints (it refuses an export above 1e-4):
+# 2.8e-7 measured for 6 iterations on the CPU.
+EXPORT_ERROR = 3e-6
 
 
 def _blocks(language: str) -> list[str]:
@@ -25,6 +65,13 @@ def _section(title: str) -> str:
     match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, flags=re.S | re.M)
     assert match, f"README has no section {title!r}"
     return match.group(1)
+
+
+def _with_iters(code: str, iters: int, pattern: str = r"\biters=(\d+)") -> str:
+    """`code` with each iteration count matched by `pattern` (all of them 12) replaced by `iters`."""
+    counts = re.findall(pattern, code)
+    assert counts and set(counts) == {"12"}, f"expected iteration counts of 12 to replace, found {counts}:\n{code}"
+    return re.sub(pattern, lambda match: match.group(0).replace("12", str(iters)), code)
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +87,28 @@ def example_dir(tmp_path_factory, reference):
 
 def _env() -> dict[str, str]:
     # The synthetic checkpoint's duplicate norms differ (see tests/data/README.md); real ones do not.
-    return {**os.environ, "PYTHONWARNINGS": "ignore::UserWarning"}
+    # The examples run on the CPU, where the values they are checked against were measured: on a GPU,
+    # PyTorch's default TF32 convolutions alone would move the flows past EXACT. The CUDA paths have
+    # gpu-marked tests of their own (tests/test_compile.py, test_export.py, ...).
+    return {**os.environ, "PYTHONWARNINGS": "ignore::UserWarning", "CUDA_VISIBLE_DEVICES": ""}
 
 
-def test_python_examples_run(example_dir):
+def _close(actual, expected, atol: float = EXACT) -> None:
+    """Flows (or uint8 colours) within `atol` of each other, compared in float64."""
+    actual, expected = (torch.as_tensor(np.asarray(x, dtype=np.float64)) for x in (actual, expected))
+    torch.testing.assert_close(actual, expected, rtol=0, atol=atol)
+
+
+def test_python_examples_run(example_dir, reference):
     """The Python blocks run in order in one process, as a reader would paste them."""
     blocks = _blocks("python")
-    assert len(blocks) >= 3, "README has fewer Python examples than expected"
+    assert len(blocks) == len(ITERS["python"]), "README's Python examples changed: update ITERS and RECORD"
+    script = []
+    for block, iters, record in zip(blocks, ITERS["python"], RECORD, strict=True):
+        script += [_with_iters(block, iters), record.format(iters=iters)]
+    script.append("import numpy\nnumpy.savez('seen.npz', **{k: numpy.asarray(v) for k, v in _seen.items()})")
     done = subprocess.run(
-        [sys.executable, "-c", "\n".join(blocks)],
+        [sys.executable, "-c", "\n".join(script)],
         cwd=example_dir,
         capture_output=True,
         text=True,
@@ -57,20 +117,76 @@ def test_python_examples_run(example_dir):
     )
     assert done.returncode == 0, done.stderr
     assert "(1, 2, 128, 160)" in done.stdout.replace("torch.Size([", "(").replace("])", ")")
-    assert (example_dir / "flow.flo").is_file()
+    with np.load(example_dir / "seen.npz") as npz:
+        seen = dict(npz)
+
+    oracle = reference["official_large_flow"]
+    _close(seen["flow"][0], oracle)
+    _close(seen["flow_low"][0], reference["official_large_flow_low"])
+    _close(read_flo(example_dir / "flow.flo"), oracle.transpose(1, 2, 0))
+    assert seen["colours"].shape == (128, 160, 3) and seen["colours"].dtype == np.uint8
+    assert seen["following"].shape == (1, 2, 128, 160) and np.isfinite(seen["following"]).all()
+
+    _close(seen["compiled"], seen["eager"])
+
+    (error,) = re.findall(r"relative error ([0-9.e+-]+)", done.stdout)
+    assert float(error) < EXPORT_ERROR, done.stdout
+    _close(seen["onnx"][0], oracle)
+
+    _close(seen["trace_flow"], seen["flow"])
+    assert seen["correspondence"].shape == (ITERS["python"][3] + 1, 2)
+    assert seen["window"].shape == (9, 9)  # RAFT-large: radius 4
 
 
-def test_cli_examples_run(example_dir):
+def _run_cli_examples(folder: Path) -> dict[str, str]:
+    """Each `raft-engine` command of the README's shell blocks, run in `folder` -> its output by command."""
     script = Path(sys.executable).parent / "raft-engine"
     commands = [line for block in _blocks("sh") for line in block.splitlines() if line.startswith("raft-engine ")]
     assert commands, "README has no raft-engine command"
+    printed = {}
     for command in commands:
         args = command.split("#")[0].split()[1:]
-        done = subprocess.run(
-            [str(script), *args], cwd=example_dir, capture_output=True, text=True, env=_env(), timeout=600
-        )
+        if args[0] == "export":
+            args = _with_iters(" ".join(args), ITERS["export"], r"--iters (\d+)").split()
+        done = subprocess.run([str(script), *args], cwd=folder, capture_output=True, text=True, env=_env(), timeout=600)
         assert done.returncode == 0, f"{command}\n{done.stderr}"
-    assert (example_dir / "flow.png").is_file()
+        printed[command.split("#")[0].strip()] = done.stdout
+    return printed
+
+
+def _png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_cli_examples_run(example_dir, reference, official_large):
+    printed = _run_cli_examples(example_dir)
+    lines = "\n".join(printed.values())
+
+    # `raft-engine demo` prints the error the README quotes, and writes what it says.
+    (quoted,) = re.findall(r"([0-9.]+) px for the default pair", README)
+    assert f"EPE {quoted} px" in printed["raft-engine demo"], printed["raft-engine demo"]
+    demo = example_dir / "demo"
+    estimated, truth = read_flo(demo / "flow.flo"), read_flo(demo / "truth.flo")
+    assert estimated.shape == truth.shape == (384, 512, 2) and np.isfinite(estimated).all()
+    assert f"{np.linalg.norm(estimated - truth, axis=2).mean():.2f}" == quoted
+    assert Image.open(demo / "demo.png").size == (2 * 512 + 10, 2 * 384 + 50)
+
+    # The built-in model's flow, as .flo and as colours; RAFT-large's from the checkpoint, 12 iterations.
+    image1, image2 = reference["image1"], reference["image2"]
+    flow = read_flo(example_dir / "flow.flo")
+    builtin = FlowEngine(load_model("builtin"), device="cpu")(image1, image2, iters=12)[0]
+    _close(flow, builtin.permute(1, 2, 0))
+    np.testing.assert_array_equal(_png(example_dir / "flow.png"), flow_to_color(flow))
+    things = FlowEngine(official_large, device="cpu")(image1, image2, iters=12)[0]
+    # Colours within one level: flows 1e-4 px apart can round to neighbouring levels.
+    _close(_png(example_dir / "flow-things.png"), flow_to_color(things), atol=1)
+
+    # The export's check passed with room, and ONNX Runtime's flow is the published 6-iteration one.
+    (error,) = re.findall(r"relative error ([0-9.e+-]+)", lines)
+    assert float(error) < EXPORT_ERROR, lines
+    assert f"RAFT-large, {ITERS['export']} iterations, ONNX Runtime" in lines, lines
+    oracle = torch.from_numpy(reference["official_large_flow"])
+    _close(_png(example_dir / "flow-onnx.png"), flow_to_color(oracle), atol=1)
 
 
 def test_ci_runs_the_readme_test_command():
