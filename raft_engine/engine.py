@@ -1,11 +1,12 @@
-"""FlowEngine: optical flow for image pairs of any size, in any of the supported input forms."""
+"""FlowEngine: optical flow for image pairs of any size, in any of the supported input forms, and for
+sequences of frames (`FlowEngine.sequence`: every frame through the feature encoder once)."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -32,14 +33,16 @@ from raft_engine.inputs import (
     interpreting,
     parse_device,
     parse_dtype,
+    positive_int,
     to_image_batch,
 )
-from raft_engine.model import RAFT, FlowResult
+from raft_engine.model import RAFT, FlowResult, RAFTOutput, coords_grid, normalize_images
 
 if TYPE_CHECKING:
     from raft_engine.inspection import FlowTrace
 
 from raft_engine.upsampling import BilinearUpsampler, ConvexUpsampler, Upsampler, convex_upsample_ref
+from raft_engine.warm_start import forward_interpolate
 
 __all__ = ["BACKENDS", "CORR_MODES", "FlowEngine", "FlowResult", "build_parts", "resolve_backend"]
 
@@ -116,6 +119,38 @@ def build_parts(model: RAFT, backend: str, corr_dtype: torch.dtype) -> dict[str,
     }
 
 
+class FromFeatures(RAFT):
+    """RAFT's forward from the frames' feature maps on: what `FlowEngine.sequence` runs, where each
+    frame goes through the feature encoder once and serves as the second image of one pair and the
+    first of the next. Shares the weights, correlation and upsampler of the model it is built from.
+
+    forward(image1, fmaps, iters, flow_init): image1 (B, 3, H, W) float in 0..255 (padded), the first
+    frames of B consecutive pairs, for the context encoder; fmaps (B + 1, D, H/8, W/8) float32, the
+    feature maps of those B + 1 frames (pair k is fmaps[k] -> fmaps[k + 1]). The arguments keep RAFT's
+    names and order so that `CompiledForward` compiles it as it compiles RAFT.
+    """
+
+    @classmethod
+    def of(cls, model: RAFT) -> FromFeatures:
+        return cls(model.config, **model.parts(), correlation=model.correlation, upsampler=model.upsampler)
+
+    def forward(
+        self, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12, flow_init: torch.Tensor | None = None
+    ) -> RAFTOutput:
+        fmaps = image2
+        net, inp = self.context(normalize_images(image1))
+        # Batch slices of a contiguous tensor: contiguous, as the correlation parts expect.
+        fmap1, fmap2 = fmaps[:-1], fmaps[1:]
+        corr_state = self.correlation.build(fmap1, fmap2)
+        batch, _, height, width = fmap1.shape
+        coords0 = coords_grid(batch, height, width, fmap1.device)
+        coords1 = coords0 if flow_init is None else coords0 + flow_init.float()
+        for _ in range(iters):
+            net, coords1 = self.step(corr_state, net, inp, coords0, coords1)
+        flow_low = coords1 - coords0
+        return RAFTOutput(flow=self.upsample(flow_low, net), flow_low=flow_low)
+
+
 class FlowEngine:
     """Optical flow with a RAFT model.
 
@@ -183,6 +218,12 @@ class FlowEngine:
         self._models = build_parts(self.model, self.backend, self.corr_dtype)
         self._reported: set[tuple[int, int, int]] = set()
         self.compiled = CompiledForward(self._models, cuda_graphs, max_compiled_shapes) if compile else None
+        # `sequence`'s forward from feature maps, per correlation mode, sharing the weights above; compiled
+        # like the pair forward (graphs of its own, up to max_compiled_shapes more).
+        self._from_features: dict[str, RAFT] = {name: FromFeatures.of(part) for name, part in self._models.items()}
+        self.compiled_sequence = (
+            CompiledForward(self._from_features, cuda_graphs, max_compiled_shapes) if compile else None
+        )
 
     def __repr__(self) -> str:
         return (
@@ -224,6 +265,11 @@ class FlowEngine:
         batch2 = to_image_batch(image2, "image2").to(self.device)
         check_pair(batch1, batch2)
         height, width = batch1.shape[-2:]
+        padder = self._padder(height, width)
+        return self._pad(padder, batch1), self._pad(padder, batch2), padder
+
+    def _padder(self, height: int, width: int) -> Padder:
+        """The padder of height x width images, which must be large enough for RAFT."""
         padder = Padder(height, width, self.padding)
         padded_h, padded_w = padder.padded_size
         minimum = self.config.min_image_size
@@ -234,11 +280,12 @@ class FlowEngine:
                 f"{self.config.min_feature_size // 2 ** (self.config.corr_levels - 1)} cells at the coarsest "
                 f"of its {self.config.corr_levels} correlation levels"
             )
+        return padder
+
+    def _pad(self, padder: Padder, batch: torch.Tensor) -> torch.Tensor:
         # One memory layout whatever the input's: compiled graphs are specialised to strides.
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        padded1 = padder.pad(batch1).contiguous(memory_format=layout)
-        padded2 = padder.pad(batch2).contiguous(memory_format=layout)
-        return padded1, padded2, padder
+        return padder.pad(batch).contiguous(memory_format=layout)
 
     def check_flow_init(self, flow_init: ArrayLike, batch: int, grid: tuple[int, int]) -> torch.Tensor:
         if isinstance(flow_init, np.ndarray):
@@ -300,6 +347,139 @@ class FlowEngine:
             checked_init = self.check_flow_init(flow_init, 1, grid)
         model = self.model_for(self.corr_mode_for(1, padder.height, padder.width))
         return trace_model(model, padded1, padded2, padder, iters, pixels, checked_init)
+
+    def sequence(
+        self, frames: Iterable[ImageLike], iters: int = 12, warm_start: bool = False, batch_size: int = 4
+    ) -> Iterator[FlowResult]:
+        """The flow of each consecutive pair of `frames` (0 -> 1, 1 -> 2, ...), in order, as it is computed.
+
+        frames: any iterable of images, one image each, in the forms `estimate` takes (numpy, PIL,
+            torch; the frames of `raft_engine.io.read_video`; a (T, H, W, C) array or (T, C, H, W)
+            tensor), all of the size of the first. Read as they are needed: at most batch_size + 1
+            frames and their feature maps are held at once.
+        Each frame goes through the feature encoder once, its features serving as the second image of
+        one pair and the first of the next; each yielded `FlowResult` holds one pair (batch 1).
+        warm_start=False: the pairs are independent, and `batch_size` consecutive pairs run as one
+            batch; each flow equals `estimate` on that pair (to float32 rounding).
+        warm_start=True: each pair starts from the previous pair's 1/8 flow carried to its first frame
+            (`raft_engine.warm_start.forward_interpolate`, on the device), as the published Sintel
+            submission does; the first pair starts from zero. A pair needs the previous one's result,
+            so the iterations run pair by pair; the feature encoder still runs `batch_size` frames
+            at a time. Each flow equals `estimate(..., flow_init=forward_interpolate(previous.flow_low))`.
+        A bad frame (another size, a batch, not an image) raises a ValueError or TypeError naming it, and
+        an error of the iterable itself propagates, each after the flows of every pair before it have
+        been yielded; fewer than 2 frames raise a ValueError.
+        """
+        iters = check_iters(iters)
+        batch_size = positive_int("batch_size", batch_size)
+        if not isinstance(warm_start, bool):
+            raise TypeError(f"warm_start must be True or False, got {warm_start!r}")
+        if isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim != 4:
+            raise ValueError(
+                f"frames: an array holds a sequence as (T, H, W, C) (numpy) or (T, C, H, W) (torch), got shape "
+                f"{tuple(frames.shape)}; for one pair use estimate"
+            )
+        if not isinstance(frames, Iterable):
+            raise TypeError(f"frames must be an iterable of images, got {type(frames).__name__}")
+        return self._sequence(iter(frames), iters, warm_start, batch_size)
+
+    @torch.inference_mode()
+    def _sequence(
+        self, frames: Iterator[ImageLike], iters: int, warm_start: bool, batch_size: int
+    ) -> Iterator[FlowResult]:
+        padder: Padder | None = None
+        images: list[torch.Tensor] = []  # padded frames of the next batch; the first one's fmap is known
+        fmaps: torch.Tensor | None = None  # feature maps of images[: len(fmaps)]
+        flow_low: torch.Tensor | None = None  # the previous pair's, for warm start
+        count, failure = 0, None
+        while True:
+            try:
+                image = self._next_frame(frames, count, padder)
+                if image is None:
+                    break
+                if padder is None:
+                    padder = self._padder(*image.shape[-2:])
+            except Exception as error:  # a bad frame, or the source failing: first the pairs before it
+                failure = error
+                break
+            count += 1
+            images.append(self._pad(padder, image))
+            if len(images) == batch_size + 1:
+                fmaps = self._encode_frames(images, fmaps)
+                for result in self._sequence_batch(padder, images, fmaps, iters, warm_start, flow_low):
+                    flow_low = result.flow_low
+                    yield result
+                # The last frame starts the next batch; a copy of its features lets the others' go.
+                images, fmaps = images[-1:], fmaps[-1:].clone()
+        if len(images) > 1:
+            assert padder is not None
+            fmaps = self._encode_frames(images, fmaps)
+            yield from self._sequence_batch(padder, images, fmaps, iters, warm_start, flow_low)
+        if failure is not None:
+            raise failure
+        if count < 2:
+            raise ValueError(f"a sequence needs at least 2 frames, got {count}")
+
+    def _next_frame(self, frames: Iterator[ImageLike], index: int, padder: Padder | None) -> torch.Tensor | None:
+        """The next frame -> (1, 3, H, W) float32 on the device, checked against the first frame's size;
+        None after the last."""
+        for frame in frames:
+            return self._sequence_frame(frame, index, padder)
+        return None
+
+    def _sequence_frame(self, frame: ImageLike, index: int, padder: Padder | None) -> torch.Tensor:
+        name = f"frame {index}"
+        image = to_image_batch(frame, name)
+        if image.shape[0] != 1:
+            raise ValueError(f"{name} is a batch of {image.shape[0]} images; a sequence takes one image per frame")
+        height, width = image.shape[-2:]
+        if padder is not None and (height, width) != (padder.height, padder.width):
+            raise ValueError(
+                f"{name} is {height}x{width} (HxW), but frame 0 is {padder.height}x{padder.width}: every frame of a "
+                "sequence must have the size of the first"
+            )
+        return image.to(self.device)
+
+    def _encode_frames(self, images: list[torch.Tensor], fmaps: torch.Tensor | None) -> torch.Tensor:
+        """Feature maps (len(images), D, H/8, W/8) float32: those of `fmaps` (the first frames'), then the
+        rest through the feature encoder as one batch. The encoder's instance norm works per image, so
+        this equals encoding each pair's two frames together, as `estimate` does."""
+        known = 0 if fmaps is None else fmaps.shape[0]
+        new = torch.cat(images[known:]) if len(images) - known > 1 else images[known]
+        encoded = self.model.fnet(normalize_images(new)).float()
+        return encoded if fmaps is None else torch.cat([fmaps, encoded])
+
+    def _sequence_batch(
+        self,
+        padder: Padder,
+        images: list[torch.Tensor],
+        fmaps: torch.Tensor,
+        iters: int,
+        warm_start: bool,
+        flow_low: torch.Tensor | None,
+    ) -> Iterator[FlowResult]:
+        """The len(images) - 1 pairs of consecutive `images`, one result each."""
+        pairs = len(images) - 1
+        if not warm_start:
+            mode = self.corr_mode_for(pairs, padder.height, padder.width)
+            output = self._forward_features(mode, torch.cat(images[:-1]), fmaps, iters, None)
+            flow = padder.unpad(output.flow)
+            for k in range(pairs):
+                yield FlowResult(flow=flow[k : k + 1], flow_low=output.flow_low[k : k + 1])
+            return
+        mode = self.corr_mode_for(1, padder.height, padder.width)
+        for k in range(pairs):
+            flow_init = None if flow_low is None else forward_interpolate(flow_low)
+            output = self._forward_features(mode, images[k], fmaps[k : k + 2], iters, flow_init)
+            flow_low = output.flow_low
+            yield FlowResult(flow=padder.unpad(output.flow), flow_low=flow_low)
+
+    def _forward_features(
+        self, mode: str, image1: torch.Tensor, fmaps: torch.Tensor, iters: int, flow_init: torch.Tensor | None
+    ) -> RAFTOutput:
+        if self.compiled_sequence is not None:
+            return self.compiled_sequence(mode, image1, fmaps, iters, flow_init)
+        return self._from_features[mode](image1, fmaps, iters=iters, flow_init=flow_init)
 
     def warmup(self, batch: int, height: int, width: int, iters: int = 12, warm_start: bool = False) -> float:
         """Run `batch` pairs of height x width once (three times with CUDA graphs: warm-up, record,

@@ -6,6 +6,10 @@ the background too), so the flow of every pixel of frame 1 is known exactly: it 
 layer visible there, occluded in frame 2 or not. Textures mix multi-scale noise, gradients and
 painted shapes; photometric changes and sensor noise vary per pair and slightly per frame.
 
+`generate_sequence` makes N-frame clips of such scenes: every layer follows a smooth trajectory
+(constant acceleration, steady rotation and scaling), and the flow of each consecutive pair is exact
+in the same way.
+
 Seeds below `TRAINING_SEED_START` are held out: the training code never draws them.
 """
 
@@ -179,16 +183,7 @@ def _layers(rng: np.random.Generator, height: int, width: int, max_displacement:
         )
     ]
     for _ in range(int(rng.integers(2, 9))):
-        radius = min(height, width) * rng.uniform(0.06, 0.35)
-        kind = ("ellipse", "blob", "box")[int(rng.integers(0, 3))]
-        if kind == "blob":
-            harmonics = []
-            for _ in range(int(rng.integers(1, 4))):
-                harmonics += [rng.uniform(-0.25, 0.25), rng.uniform(0, 2 * math.pi)]
-            params = (radius, *harmonics)
-        else:
-            params = (radius, radius * rng.uniform(0.3, 1.0))
-        extent = int(2 * radius * 1.8) + 8
+        kind, params, extent = _object_shape(rng, height, width)
         centre = (rng.uniform(-0.1, 1.1) * width, rng.uniform(-0.1, 1.1) * height)
         pose1 = Pose(centre, rng.uniform(0, 2 * math.pi), 1.0)
         pose2 = _motion(rng, pose1, max_displacement, math.radians(12), 0.12)
@@ -196,11 +191,30 @@ def _layers(rng: np.random.Generator, height: int, width: int, max_displacement:
     return layers
 
 
+def _object_shape(rng: np.random.Generator, height: int, width: int) -> tuple[str, tuple[float, ...], int]:
+    """A foreground object's outline -> (shape, shape_params, texture extent in texels)."""
+    radius = min(height, width) * rng.uniform(0.06, 0.35)
+    kind = ("ellipse", "blob", "box")[int(rng.integers(0, 3))]
+    if kind == "blob":
+        harmonics = []
+        for _ in range(int(rng.integers(1, 4))):
+            harmonics += [rng.uniform(-0.25, 0.25), rng.uniform(0, 2 * math.pi)]
+        params = (radius, *harmonics)
+    else:
+        params = (radius, radius * rng.uniform(0.3, 1.0))
+    return kind, params, int(2 * radius * 1.8) + 8
+
+
 def _render(layers: list[Layer], frame: int, height: int, width: int) -> torch.Tensor:
+    return _render_poses(layers, [layer.pose1 if frame == 0 else layer.pose2 for layer in layers], height, width)
+
+
+def _render_poses(layers: list[Layer], poses: list[Pose], height: int, width: int) -> torch.Tensor:
+    """(3, H, W) in 0..1: the layers, back to front, each at its pose."""
     points = _pixel_grid(height, width, SUPERSAMPLING)
     image = torch.zeros(3, *points.shape[1:])
-    for layer in layers:
-        canonical = (layer.pose1 if frame == 0 else layer.pose2).to_canonical(points)
+    for layer, pose in zip(layers, poses, strict=True):
+        canonical = pose.to_canonical(points)
         inside = layer.coverage(canonical)
         image = torch.where(inside, layer.colour(canonical), image)
     return F.avg_pool2d(image[None], SUPERSAMPLING)[0]
@@ -208,12 +222,18 @@ def _render(layers: list[Layer], frame: int, height: int, width: int) -> torch.T
 
 def _ground_truth_flow(layers: list[Layer], height: int, width: int) -> torch.Tensor:
     """(2, H, W): at each pixel centre of frame 1, the motion of the topmost layer there."""
+    return _flow_between(layers, [layer.pose1 for layer in layers], [layer.pose2 for layer in layers], height, width)
+
+
+def _flow_between(layers: list[Layer], poses1: list[Pose], poses2: list[Pose], height: int, width: int) -> torch.Tensor:
+    """(2, H, W): at each pixel centre of the frame at poses1, the motion to poses2 of the topmost
+    layer there, occluded at poses2 or not."""
     points = _pixel_grid(height, width, 1)
     flow = torch.zeros_like(points)
-    for layer in layers:
-        canonical = layer.pose1.to_canonical(points)
+    for layer, pose1, pose2 in zip(layers, poses1, poses2, strict=True):
+        canonical = pose1.to_canonical(points)
         inside = layer.coverage(canonical)
-        flow = torch.where(inside, layer.pose2.to_image(canonical) - points, flow)
+        flow = torch.where(inside, pose2.to_image(canonical) - points, flow)
     return flow
 
 
@@ -266,3 +286,112 @@ def generate_pair(
     else:
         image1, image2 = ((f.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy() for f in frames)
     return ScenePair(image1, image2, flow.permute(1, 2, 0).numpy().astype(np.float32), seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sequences: every layer on a smooth trajectory.
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A smooth motion in frames t = 0, 1, ...: centre start + velocity t + acceleration t^2 / 2,
+    angle start + spin t, scale start * exp(growth t)."""
+
+    start: Pose
+    velocity: tuple[float, float]  # px per frame
+    acceleration: tuple[float, float]  # px per frame^2
+    spin: float  # radians per frame
+    growth: float  # log scale per frame
+
+    def pose(self, t: float) -> Pose:
+        (x, y), (vx, vy), (ax, ay) = self.start.centre, self.velocity, self.acceleration
+        centre = (x + vx * t + 0.5 * ax * t * t, y + vy * t + 0.5 * ay * t * t)
+        return Pose(centre, self.start.angle + self.spin * t, self.start.scale * math.exp(self.growth * t))
+
+
+@dataclass(frozen=True)
+class SceneSequence:
+    """frames: N (H, W, 3) uint8. flows: N - 1 (H, W, 2) float32; flows[t] maps every pixel of frame t
+    to frame t + 1 (occluded there or not), like `ScenePair.flow`."""
+
+    frames: tuple[np.ndarray, ...]
+    flows: tuple[np.ndarray, ...]
+    seed: int
+
+    def pair(self, t: int) -> ScenePair:
+        """Frames t and t + 1 and their flow."""
+        return ScenePair(self.frames[t], self.frames[t + 1], self.flows[t], self.seed)
+
+
+def _trajectory(
+    rng: np.random.Generator, start: Pose, max_speed: float, max_spin: float, max_growth: float
+) -> Trajectory:
+    direction = rng.uniform(0, 2 * math.pi)
+    speed = max_speed * rng.random() ** 1.3  # slow motions more often than fast ones, as for pairs
+    # Up to 5% of the largest speed per frame, in any direction: over 10 frames a path bends or the
+    # speed changes by up to half the largest speed.
+    turn = rng.uniform(0, 2 * math.pi)
+    acceleration = 0.05 * max_speed * rng.random()
+    return Trajectory(
+        start=start,
+        velocity=(speed * math.cos(direction), speed * math.sin(direction)),
+        acceleration=(acceleration * math.cos(turn), acceleration * math.sin(turn)),
+        spin=rng.uniform(-max_spin, max_spin),
+        growth=rng.uniform(-max_growth, max_growth),
+    )
+
+
+def _moving_layers(
+    rng: np.random.Generator, height: int, width: int, max_displacement: float
+) -> tuple[list[Layer], list[Trajectory]]:
+    """The layers of `_layers`, each with a trajectory instead of a second pose."""
+    diagonal = math.hypot(height, width)
+    # The camera pans slower than the objects move; beyond the texture the background is mirrored.
+    background = _trajectory(
+        rng, Pose((width / 2, height / 2), rng.uniform(-0.1, 0.1), 1.0), 0.4 * max_displacement, math.radians(1), 0.01
+    )
+    texture = make_texture(rng, int(diagonal * 1.2), int(diagonal * 1.2))
+    layers = [Layer(texture, "full", (), background.pose(0), background.pose(1))]
+    trajectories = [background]
+    for _ in range(int(rng.integers(2, 9))):
+        kind, params, extent = _object_shape(rng, height, width)
+        centre = (rng.uniform(-0.1, 1.1) * width, rng.uniform(-0.1, 1.1) * height)
+        start = Pose(centre, rng.uniform(0, 2 * math.pi), 1.0)
+        trajectory = _trajectory(rng, start, max_displacement, math.radians(4), 0.03)
+        layers.append(Layer(make_texture(rng, extent, extent), kind, params, trajectory.pose(0), trajectory.pose(1)))
+        trajectories.append(trajectory)
+    return layers, trajectories
+
+
+def generate_sequence(
+    seed: int,
+    frames: int = 8,
+    height: int = 384,
+    width: int = 512,
+    max_displacement: float | None = None,
+    photometric: bool = True,
+) -> SceneSequence:
+    """`frames` frames of a scene whose background and objects move along smooth trajectories, and the
+    exact flow of each consecutive pair. max_displacement: the largest object speed in pixels per
+    frame, by default 0.05 * width (26 px at 512 wide); acceleration, rotation and scaling add to it.
+    A function of the seed: the first k frames of a longer sequence are the k-frame sequence.
+    photometric=False leaves out the colour changes and sensor noise (the scene is the same)."""
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
+        raise ValueError(f"a sequence needs at least 2 frames, got {frames!r}")
+    if height < 16 or width < 16:
+        raise ValueError(f"scene size must be at least 16x16, got {height}x{width}")
+    if max_displacement is None:
+        max_displacement = 0.05 * width
+    rng = np.random.default_rng(seed)
+    layers, trajectories = _moving_layers(rng, height, width, max_displacement)
+    poses = [[trajectory.pose(t) for trajectory in trajectories] for t in range(frames)]
+    rendered = [_render_poses(layers, poses[t], height, width) for t in range(frames)]
+    flows = tuple(
+        _flow_between(layers, poses[t], poses[t + 1], height, width).permute(1, 2, 0).numpy().astype(np.float32)
+        for t in range(frames - 1)
+    )
+    if photometric:
+        images = _photometric(rng, rendered)
+    else:
+        images = [(f.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy() for f in rendered]
+    return SceneSequence(tuple(images), flows, seed)
