@@ -7,12 +7,16 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from fractions import Fraction
+
+    import numpy as np
+
     from raft_engine.config import RAFTConfig
     from raft_engine.engine import FlowEngine
     from raft_engine.model import RAFT
@@ -57,6 +61,12 @@ def _pixel(text: str) -> tuple[float, float]:
 
 # Iterations when --iters is not given: the default of FlowEngine.estimate and of export_onnx.
 DEFAULT_ITERS = 12
+# Pairs per batch of `flow` on a sequence when --batch-size is not given: FlowEngine.sequence's default
+# on CUDA; 1 on the CPU, where batching pairs was slower (RAFT-large at 436x1024 on 2 cores: 0.46 pairs/s
+# in batches of 1, 0.35 in a batch of 3; see benchmarks/sequence.py).
+DEFAULT_BATCH_SIZE = 4
+# Frame rate of a flow video made from image files, when --fps is not given.
+DEFAULT_FPS = 30
 # FlowEngine's options that the command line passes through when given (see _make_engine).
 ENGINE_OPTIONS = ("device", "dtype", "padding", "backend", "corr")
 
@@ -144,23 +154,29 @@ def _build_parser() -> argparse.ArgumentParser:
                 iters=f"refinement iterations (default {DEFAULT_ITERS}; --onnx: the graph's)",
             ),
         ],
-        help="estimate the flow of a pair or of consecutive frames",
-        description="Estimate optical flow. Two files: one flow image (-o is a file). A folder or a longer "
-        "list of frames: one flow per consecutive pair (-o and --flo are folders, files named after the "
-        "first frame of each pair).",
+        help="estimate the flow of a pair, of consecutive frames, or of a video",
+        description="Estimate optical flow. Two files: one flow image (-o is a file). A video, a folder or a "
+        "longer list of frames: one flow per consecutive pair, each frame encoded once, written as a video "
+        "(-o ending in .mp4, .mkv, ...) or a folder of flow images (-o a folder), and as .flo and KITTI PNG "
+        "files (--flo-dir, --png-dir), files named after the first frame of each pair (its number in a video).",
     )
-    flow.add_argument("frames", nargs="+", metavar="FRAME", help="two images, a list of images, or one folder")
+    flow.add_argument(
+        "frames", nargs="+", metavar="FRAME", help="two images, a list of images, one folder, or one video file"
+    )
     flow.add_argument(
         "-o",
         "--output",
         metavar="PATH",
-        help="flow image (PNG) for a pair, default flow.png; a folder for a sequence, default flow/",
+        help="flow image (PNG) for a pair, default flow.png; for a sequence a video file (.mp4: H.264) or a "
+        "folder of images, default flow.mp4 for a video input, flow/ otherwise",
     )
     flow.add_argument(
         "--flo", metavar="PATH", help="also write Middlebury .flo: a file for a pair, a folder for a sequence"
     )
     flow.add_argument(
-        "--warm-start", action="store_true", help="sequences: start each pair from the previous pair's 1/8 flow"
+        "--warm-start",
+        action="store_true",
+        help="sequences: start each pair from the previous pair's 1/8 flow, carried forward to its first frame",
     )
     flow.add_argument(
         "--max-magnitude",
@@ -169,6 +185,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="M",
         help="flow length drawn at full saturation (default: each image's own maximum)",
     )
+    _add_sequence_options(flow)
 
     inspect = commands.add_parser(
         "inspect",
@@ -221,17 +238,79 @@ def _build_parser() -> argparse.ArgumentParser:
     commands.add_parser("presets", help="list the named weights and whether they are cached")
     selftest = commands.add_parser(
         "selftest",
+        parents=[_options("device")],
         help="check that this machine runs every backend correctly, and how fast (the first command on a new GPU)",
         description="Print the environment, run every backend that applies (torch, Triton, compiled, CUDA graphs, "
         "ONNX Runtime) on a generated pair at two sizes, RAFT-large and RAFT-small, float32 and half precision, and "
         "compare each with the float32 torch reference. Exits 1 when a check fails; skipped checks do not fail.",
     )
-    selftest.add_argument(
-        "--device", choices=("cuda", "cpu"), default=None, help="default: cuda if available, else cpu"
-    )
     selftest.add_argument("--quick", action="store_true", help="small sizes, 4 iterations, fewer compiles")
     selftest.add_argument("--json", metavar="PATH", help="also write the environment and one record per check")
+    _add_evaluate_parser(commands)
     return parser
+
+
+def _add_evaluate_parser(commands) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        parents=[
+            _model_source(),
+            _options(
+                "iters",
+                *ENGINE_OPTIONS,
+                iters="refinement iterations (default: the dataset's published protocol, Sintel 32, KITTI 24)",
+                padding="how to pad to a multiple of 8 (default: the dataset's protocol, sintel; kitti for KITTI)",
+            ),
+        ],
+        help="metrics on a standard dataset as distributed (Sintel, KITTI, Chairs, ...), with the published protocol",
+        description="Evaluate on a dataset in its own layout under --root: EPE, the fractions under 1, 3 and 5 px, "
+        "Fl-all, and where the masks exist Sintel's matched/unmatched and KITTI's non-occluded metrics, with the "
+        "iterations and padding of the published evaluation. --submit writes the test-set submission instead.",
+    )
+    evaluate.add_argument(
+        "--dataset",
+        required=True,
+        metavar="NAME",
+        help="sintel, kitti-2015 (or kitti), kitti-2012, chairs, middlebury, hd1k, or list",
+    )
+    evaluate.add_argument(
+        "--root", required=True, metavar="DIR", help="the unpacked dataset; for list, a text file of 'img1 img2 flow'"
+    )
+    evaluate.add_argument("--split", metavar="S", help="one split only (default: all: Sintel clean and final, ...)")
+    evaluate.add_argument("--compile", action="store_true", help="run the forward under torch.compile")
+    evaluate.add_argument("--limit", type=int, metavar="N", help="the first N pairs of each split only")
+    evaluate.add_argument("--json", metavar="PATH", help="also write one record per (dataset, split)")
+    evaluate.add_argument(
+        "--submit", metavar="DIR", help="write the test-set submission (Sintel .flo, KITTI PNG) into DIR instead"
+    )
+    evaluate.add_argument(
+        "--no-warm-start",
+        action="store_true",
+        help="--submit sintel: every pair cold (default: the published warm start)",
+    )
+
+
+def _add_sequence_options(flow: argparse.ArgumentParser) -> None:
+    """flow's options for sequences and video; any of them makes two files a sequence of one pair."""
+    group = flow.add_argument_group("sequences and video")
+    group.add_argument("--flo-dir", metavar="DIR", help="write one Middlebury .flo file per pair into DIR")
+    group.add_argument("--png-dir", metavar="DIR", help="write one KITTI 16-bit PNG flow file per pair into DIR")
+    group.add_argument("--start", type=int, metavar="N", help="first frame to read, counted from 0 (default 0)")
+    group.add_argument("--end", type=int, metavar="N", help="stop before frame N (default: after the last frame)")
+    group.add_argument("--every", type=int, metavar="K", help="read every K-th frame: pairs K frames apart (default 1)")
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help=f"consecutive pairs run together (default {DEFAULT_BATCH_SIZE} on CUDA, 1 on the CPU; with --warm-start, "
+        "the feature encoder only)",
+    )
+    group.add_argument(
+        "--fps",
+        type=float,
+        metavar="F",
+        help="frame rate of a video written by -o (default: the input video's divided by --every; 30 for images)",
+    )
 
 
 def _weights(args: argparse.Namespace) -> str:
@@ -262,26 +341,149 @@ def _check_flow_args(args: argparse.Namespace, single_pair: bool) -> None:
         raise UserError("--warm-start needs a sequence of more than two frames")
     if args.max_magnitude is not None and not args.max_magnitude > 0:
         raise UserError(f"--max-magnitude must be positive, got {args.max_magnitude}")
+    for name in ("every", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.start is not None and args.start < 0:
+        raise UserError(f"--start must be >= 0, got {args.start}")
+    if args.end is not None and args.end <= (args.start or 0):
+        raise UserError(f"--end must be greater than --start ({args.start or 0}), got {args.end}")
+    if args.fps is not None and not 0 < args.fps < 10_000:
+        raise UserError(f"--fps must be a positive frame rate, got {args.fps}")
+    if args.flo is not None and args.flo_dir is not None:
+        raise UserError("give --flo or --flo-dir, not both: for a sequence they are the same folder")
 
 
-def _flow_targets(args: argparse.Namespace, frames: list[Path], single_pair: bool) -> list[tuple[Path, Path | None]]:
-    """-> (flow image, .flo file or None) for each consecutive pair; a sequence's folders are created."""
-    flo = Path(args.flo) if args.flo else None
-    if single_pair:
-        return [(Path(args.output or "flow.png"), flo)]
-    image_dir = Path(args.output or "flow")
-    for folder in filter(None, (image_dir, flo)):
-        if folder.exists() and not folder.is_dir():
-            raise UserError(f"{folder} exists and is not a folder; a sequence writes one file per pair into a folder")
-        folder.mkdir(parents=True, exist_ok=True)
-    stems = [frame.stem for frame in frames[:-1]]
+def _is_video_path(path: str | None) -> bool:
+    from raft_engine.io import VIDEO_SUFFIXES
+
+    return path is not None and Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def _flow_input(args: argparse.Namespace) -> tuple[list[Path], Path | None, bool]:
+    """-> (image frames, or [] for a video; the video file or None; whether the output is a single pair).
+    Options that only sequences have (a video -o, --flo-dir, --png-dir, --start, --end, --every, --fps)
+    make two files a sequence of one pair."""
+    paths = [Path(p) for p in args.frames]
+    videos = [path for path in paths if _is_video_path(str(path)) and not path.is_dir()]
+    if videos and len(paths) > 1:
+        raise UserError(f"{videos[0]} is a video: give one video file alone, or image files")
+    if videos:
+        if not videos[0].is_file():
+            raise UserError(f"no such video file: {videos[0]}")
+        return [], videos[0], False
+    frames, single_pair = collect_frames(args.frames)
+    sequence_only = (args.flo_dir, args.png_dir, args.start, args.end, args.every, args.fps)
+    if any(value is not None for value in sequence_only) or _is_video_path(args.output):
+        single_pair = False
+    return frames, None, single_pair
+
+
+@dataclass
+class _Frames:
+    """A sequence's frames as `flow` reads them: those that --start/--end/--every select, decoded as the
+    engine asks for them, each checked against the first one's size."""
+
+    label: str  # the input, for messages
+    stem: Callable[[int], str]  # pair k's output files are named after its first frame
+    count: int | None  # frames selected, where known before decoding
+    fps: Fraction | None  # the input's frame rate, where known
+    read: Callable[[], Iterator[np.ndarray]]
+
+
+def _selection(args: argparse.Namespace) -> tuple[int, int | None, int]:
+    return args.start or 0, args.end, args.every or 1
+
+
+def _image_frames(paths: list[Path], args: argparse.Namespace) -> _Frames:
+    from raft_engine.io import read_image
+
+    start, end, every = _selection(args)
+    selected = paths[start:end:every]
+    stems = [frame.stem for frame in selected[:-1]]
     clashes = sorted({stem for stem in stems if stems.count(stem) > 1})
     if clashes:
         raise UserError(
             f"several frames are named {clashes[0]!r} (in other folders or formats); their flows "
             "would overwrite each other in the output folder"
         )
-    return [(image_dir / f"{stem}.png", flo / f"{stem}.flo" if flo else None) for stem in stems]
+
+    def read() -> Iterator[np.ndarray]:
+        first: tuple[Path, tuple[int, ...]] | None = None
+        for path in selected:
+            image = read_image(path)
+            if first is None:
+                first = path, image.shape
+            elif image.shape != first[1]:
+                (h, w), (first_h, first_w) = image.shape[:2], first[1][:2]
+                raise UserError(f"{path} is {h}x{w} (HxW), but {first[0]} is {first_h}x{first_w}: every frame "
+                                "must have the size of the first")  # fmt: skip
+            yield image
+
+    label = f"{len(paths)} frames" if start == 0 and end is None and every == 1 else "the selected frames"
+    return _Frames(label, lambda k: stems[k], len(selected), None, read)
+
+
+def _video_frames(path: Path, args: argparse.Namespace) -> _Frames:
+    import itertools
+
+    from raft_engine.io import read_video
+
+    video = read_video(path)
+    start, end, every = _selection(args)
+    count = None
+    if video.frame_count is not None:
+        count = len(range(start, video.frame_count if end is None else min(end, video.frame_count), every))
+
+    def read() -> Iterator[np.ndarray]:
+        first_shape = None
+        for index, frame in zip(itertools.count(start, every), itertools.islice(video, start, end, every)):
+            if first_shape is None:
+                first_shape = frame.shape
+            elif frame.shape != first_shape:
+                raise UserError(f"{path}: frame {index} is {frame.shape[0]}x{frame.shape[1]} (HxW), but frame "
+                                f"{start} is {first_shape[0]}x{first_shape[1]}")  # fmt: skip
+            yield frame
+
+    return _Frames(str(path), lambda k: f"{start + k * every:06d}", count, video.fps, read)
+
+
+@dataclass
+class _Outputs:
+    """Where `flow` writes a sequence: a video of the colour-coded flow, a folder of flow images, and
+    folders of .flo and KITTI PNG files; None where not asked for."""
+
+    video: Path | None
+    image_dir: Path | None
+    flo_dir: Path | None
+    kitti_dir: Path | None
+
+    def describe(self) -> str:
+        return ", ".join(str(p) for p in (self.video, self.image_dir, self.flo_dir, self.kitti_dir) if p is not None)
+
+
+def _sequence_outputs(args: argparse.Namespace, video_input: bool) -> _Outputs:
+    """A sequence's outputs; their folders are created."""
+    output = args.output or ("flow.mp4" if video_input else "flow")
+    flo = args.flo_dir or args.flo
+    outputs = _Outputs(
+        video=Path(output) if _is_video_path(output) else None,
+        image_dir=None if _is_video_path(output) else Path(output),
+        flo_dir=Path(flo) if flo else None,
+        kitti_dir=Path(args.png_dir) if args.png_dir else None,
+    )
+    video_dir = outputs.video.parent if outputs.video is not None else None
+    for folder in filter(None, (outputs.image_dir, outputs.flo_dir, outputs.kitti_dir, video_dir)):
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{folder} exists and is not a folder; a sequence writes one file per pair into a folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create the output folder {folder}: {error}") from error
+    if outputs.video is not None and outputs.video.is_dir():
+        raise UserError(f"{outputs.video} is a folder; -o names the video file to write")
+    return outputs
 
 
 @dataclass
@@ -289,6 +491,7 @@ class _Estimator:
     """What `flow` runs each pair through: the engine or an ONNX Runtime session."""
 
     estimate: Callable  # (image1, image2, flow_init or None) -> FlowResult
+    sequence: Callable  # (iterator of frames) -> iterator of FlowResult, one per consecutive pair
     iters: int
     variant: str
     describe: Callable[[int, int], str]  # (height, width) -> where and how it ran, for the summary line
@@ -305,13 +508,23 @@ def _onnx_estimator(args: argparse.Namespace) -> _Estimator:
         raise UserError(f"{', '.join(given)} do(es) not apply with --onnx: the exported graph fixes them")
     if args.warm_start:
         raise UserError("--warm-start is not available with --onnx: the exported graph has no flow_init input")
+    if args.batch_size is not None:
+        raise UserError("--batch-size does not apply with --onnx: the exported graph runs one pair at a time")
     padding = {} if args.padding is None else {"padding": args.padding}
     session = OrtFlowSession(args.onnx, providers=args.providers or "auto", **padding)
     exported_iters = int(session.metadata["raft_engine.iterations"])
     if args.iters is not None and args.iters != exported_iters:
         raise UserError(f"{args.onnx} was exported with {exported_iters} iterations, not --iters {args.iters}")
+
+    def pairwise(frames: Iterator[np.ndarray]) -> Iterator:
+        previous = next(frames)
+        for frame in frames:
+            yield session.estimate(previous, frame)
+            previous = frame
+
     return _Estimator(
         estimate=lambda image1, image2, flow_init: session.estimate(image1, image2),
+        sequence=pairwise,
         iters=exported_iters,
         variant=session.metadata["raft_engine.variant"],
         describe=lambda height, width: f"ONNX Runtime {session.providers[0]}",
@@ -326,8 +539,10 @@ def _engine_estimator(args: argparse.Namespace) -> _Estimator:
     iters = _iters(args)
     model = load_model(_weights(args), variant=args.variant)
     engine = _make_engine(args, model)
+    batch_size = args.batch_size or (DEFAULT_BATCH_SIZE if engine.device.type == "cuda" else 1)
     return _Estimator(
         estimate=lambda image1, image2, flow_init: engine.estimate(image1, image2, iters=iters, flow_init=flow_init),
+        sequence=lambda frames: engine.sequence(frames, iters=iters, warm_start=args.warm_start, batch_size=batch_size),
         iters=iters,
         variant=model.config.variant,
         describe=lambda height, width: (
@@ -336,54 +551,107 @@ def _engine_estimator(args: argparse.Namespace) -> _Estimator:
     )
 
 
-def _write_flows(
-    frames: list[Path],
-    targets: list[tuple[Path, Path | None]],
-    estimator: _Estimator,
-    warm_start: bool,
-    max_magnitude: float | None,
-    progress: bool,
-) -> tuple[int, int]:
-    """Estimate and write the flow of each consecutive pair -> the frames' (height, width)."""
-    import numpy as np
-    from tqdm import tqdm
-
+def _write_pair(frames: list[Path], args: argparse.Namespace, estimator: _Estimator) -> tuple[int, int]:
+    """Estimate and write the flow of one pair -> the frames' (height, width)."""
     from raft_engine.io import read_image, write_flo, write_image
     from raft_engine.viz import flow_to_color
 
-    previous = read_image(frames[0])
-    flow_low = None
-    pairs = tqdm(
-        list(zip(frames[1:], targets, strict=True)),
-        desc="flow",
-        unit="pair",
-        disable=not progress or None,  # None: tqdm shows the bar on a terminal only
-        file=sys.stderr,
-    )
-    for frame, (image_out, flo_out) in pairs:
-        current = read_image(frame)
-        result = estimator.estimate(previous, current, flow_low if warm_start else None)
-        flow = result.flow[0]
-        write_image(image_out, flow_to_color(flow, max_magnitude))
-        if flo_out is not None:
-            write_flo(flo_out, flow)
-        previous, flow_low = current, result.flow_low
-    height, width = np.asarray(previous).shape[:2]
+    image1, image2 = read_image(frames[0]), read_image(frames[1])
+    flow = estimator.estimate(image1, image2, None).flow[0]
+    write_image(Path(args.output or "flow.png"), flow_to_color(flow, args.max_magnitude))
+    if args.flo:
+        write_flo(args.flo, flow)
+    height, width = image1.shape[:2]
     return height, width
 
 
+def _write_kitti(path: Path, flow: np.ndarray) -> int:
+    """A KITTI 16-bit PNG flow file; pixels beyond its range (-512 to 511.98 px) are marked invalid ->
+    how many."""
+    import numpy as np
+
+    from raft_engine.io import KITTI_SCALE, write_kitti_flow
+
+    valid = np.all((flow >= -512) & (flow <= 32767 / KITTI_SCALE), axis=2)
+    write_kitti_flow(path, flow, valid)
+    return int(valid.size - valid.sum())
+
+
+def _write_sequence(
+    frames: Iterator[np.ndarray], source: _Frames, outputs: _Outputs, estimator: _Estimator, args: argparse.Namespace
+) -> int:
+    """Estimate the flow of each consecutive pair and write it where `outputs` say -> pairs written.
+    Whatever happens, the video is closed so that its frames play; each flow file is written whole."""
+    import contextlib
+    from fractions import Fraction
+
+    from tqdm import tqdm
+
+    from raft_engine.io import VideoWriter, as_flow_array, write_flo, write_image
+    from raft_engine.viz import flow_to_color
+
+    every = args.every or 1
+    fps = Fraction(args.fps) if args.fps else (source.fps / every if source.fps else Fraction(DEFAULT_FPS))
+    written, beyond_kitti = 0, 0
+    with contextlib.ExitStack() as stack:
+        video = stack.enter_context(VideoWriter(outputs.video, fps)) if outputs.video else None
+        bar = stack.enter_context(
+            tqdm(
+                total=None if source.count is None else source.count - 1,
+                desc="flow",
+                unit="pair",
+                disable=None,  # None: tqdm shows the bar on a terminal only
+                file=sys.stderr,
+            )
+        )
+        for k, result in enumerate(estimator.sequence(frames)):
+            flow, stem = as_flow_array(result.flow[0]), source.stem(k)
+            if video is not None or outputs.image_dir is not None:
+                colours = flow_to_color(flow, args.max_magnitude)
+                if video is not None:
+                    video.write(colours)
+                if outputs.image_dir is not None:
+                    write_image(outputs.image_dir / f"{stem}.png", colours)
+            if outputs.flo_dir is not None:
+                write_flo(outputs.flo_dir / f"{stem}.flo", flow)
+            if outputs.kitti_dir is not None:
+                beyond_kitti += _write_kitti(outputs.kitti_dir / f"{stem}.png", flow)
+            written += 1
+            bar.update(1)
+    if beyond_kitti:
+        warnings.warn(
+            f"{beyond_kitti} pixels had flow beyond the KITTI PNG range; they are marked invalid there", stacklevel=2
+        )
+    return written
+
+
 def _run_flow(args: argparse.Namespace) -> None:
-    frames, single_pair = collect_frames(args.frames)
+    import itertools
+
+    paths, video_path, single_pair = _flow_input(args)
     _check_flow_args(args, single_pair)
-    targets = _flow_targets(args, frames, single_pair)
-    estimator = _onnx_estimator(args) if args.onnx else _engine_estimator(args)
-    start = time.perf_counter()
-    height, width = _write_flows(frames, targets, estimator, args.warm_start, args.max_magnitude, not single_pair)
+    if single_pair:
+        estimator = _onnx_estimator(args) if args.onnx else _engine_estimator(args)
+        start = time.perf_counter()
+        height, width = _write_pair(paths, args, estimator)
+        where, pairs = args.output or "flow.png", 1
+    else:
+        source = _video_frames(video_path, args) if video_path else _image_frames(paths, args)
+        outputs = _sequence_outputs(args, video_path is not None)
+        frames = source.read()
+        head = list(itertools.islice(frames, 2))  # decoded before the model loads: a short input fails fast
+        if len(head) < 2:
+            chosen = " with --start/--end/--every" if (args.start, args.end, args.every) != (None,) * 3 else ""
+            raise UserError(f"{source.label}: {len(head)} frame(s) to read{chosen}; at least 2 frames are needed")
+        estimator = _onnx_estimator(args) if args.onnx else _engine_estimator(args)
+        start = time.perf_counter()
+        pairs = _write_sequence(itertools.chain(head, frames), source, outputs, estimator, args)
+        (height, width), where = head[0].shape[:2], outputs.describe()
     elapsed = time.perf_counter() - start
-    where = targets[0][0] if single_pair else targets[0][0].parent
     print(
-        f"wrote {len(targets)} flow field(s) of {height}x{width} to {where} (RAFT-{estimator.variant}, "
-        f"{estimator.iters} iterations, {estimator.describe(height, width)}, {elapsed:.2f} s)"
+        f"wrote {pairs} flow field(s) of {height}x{width} to {where} (RAFT-{estimator.variant}, "
+        f"{estimator.iters} iterations, {estimator.describe(height, width)}, {elapsed:.2f} s, "
+        f"{pairs / elapsed:.2f} pairs/s)"
     )
 
 
@@ -508,11 +776,74 @@ def _run_presets(args: argparse.Namespace) -> None:
     print(f"cache: {folder} (RAFT_ENGINE_CACHE)")
 
 
+def _evaluate_engine(args: argparse.Namespace) -> tuple[object, str]:
+    """evaluate's engine -> (engine, what it runs, for the records): an ONNX Runtime session for --onnx,
+    else a FlowEngine with the options given. --padding is not passed: evaluate pads each pair itself."""
+    if args.onnx:
+        from raft_engine.export import OrtFlowSession
+
+        given = [f"--{name}" for name in ("device", "dtype", "backend", "corr") if getattr(args, name) is not None]
+        if given or args.compile:
+            fixed = ", ".join(given + (["--compile"] if args.compile else []))
+            raise UserError(f"{fixed} do(es) not apply with --onnx: the exported graph fixes them")
+        return OrtFlowSession(args.onnx, providers=args.providers or "auto"), args.onnx
+    if args.providers is not None:
+        raise UserError("--providers applies with --onnx only")
+    from raft_engine.engine import FlowEngine
+    from raft_engine.weights import load_model
+
+    options = {
+        name: getattr(args, name) for name in ENGINE_OPTIONS if name != "padding" and getattr(args, name) is not None
+    }
+    return FlowEngine(load_model(_weights(args)), compile=args.compile, **options), _weights(args)
+
+
+def _check_evaluate_args(args: argparse.Namespace) -> None:
+    from raft_engine.datasets import dataset_name
+
+    dataset_name(args.dataset)  # an unknown name fails before a model loads
+    _check_iters(args)
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    if args.submit and (args.json or args.split):
+        raise UserError("--submit writes the test set's flow: --json and --split apply to evaluation only")
+    if args.no_warm_start and not args.submit:
+        raise UserError("--no-warm-start applies with --submit only")
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from raft_engine import __version__
+    from raft_engine.evaluate import evaluate, format_table, write_submission
+
+    _check_evaluate_args(args)
+    engine, weights = _evaluate_engine(args)
+    options = {"iters": args.iters, "padding": args.padding, "limit": args.limit, "progress": True}
+    if args.submit:
+        files = write_submission(
+            engine, args.dataset, args.root, args.submit, warm_start=not args.no_warm_start, **options
+        )
+        print(f"wrote {len(files)} flow files to {args.submit}")
+        return
+    records = evaluate(engine, args.dataset, args.root, split=args.split, weights=weights, **options)
+    first = records[0]
+    print(
+        f"RAFT-{first['variant']} ({weights}), {first['iters']} iterations, {first['padding']} padding, "
+        f"{first['backend']}, {first['dtype']}, {first['device']}"
+    )
+    print(format_table(records))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"raft_engine": __version__, "records": records}, indent=1) + "\n")
+
+
 # Optional packages some commands need, and how to get them.
 _OPTIONAL = {
     "onnx": "pip install onnx onnxscript (the project's [onnx] extra)",
     "onnxscript": "pip install onnx onnxscript (the project's [onnx] extra)",
     "onnxruntime": "pip install onnxruntime-gpu (or the CPU-only onnxruntime)",
+    "av": 'pip install av (PyAV, the project\'s [video] extra: pip install -e ".[video]")',
 }
 
 
@@ -524,6 +855,7 @@ _COMMANDS = {
     "demo": _run_demo,
     "presets": _run_presets,
     "selftest": _run_selftest,
+    "evaluate": _run_evaluate,
 }
 
 

@@ -9,12 +9,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import rel_error
 from PIL import Image
 from synthetic import synthetic_state_dict
 
 from raft_engine import FlowEngine, load_model
 from raft_engine.cli import main
 from raft_engine.io import read_flo, read_image
+from raft_engine.warm_start import forward_interpolate
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +97,15 @@ def test_folder_sequence(workdir, tmp_path, capsys, warm_start):
     engine = FlowEngine(load_model(workdir / "raft-small.pth"), device="cpu")
     frames = [read_image(workdir / "frames" / n) for n in ("frame_9.png", "frame_10.png", "frame_11.png")]
     first = engine.estimate(frames[0], frames[1], iters=2)
-    second = engine.estimate(frames[1], frames[2], iters=2, flow_init=first.flow_low if warm_start else None)
-    np.testing.assert_allclose(
-        read_flo(tmp_path / "flo" / "frame_10.flo"), second.flow[0].permute(1, 2, 0).numpy(), rtol=0, atol=1e-5
-    )
+    # Warm start carries the previous 1/8 flow to the next frame's grid, as the published Sintel code does.
+    flow_init = forward_interpolate(first.flow_low) if warm_start else None
+    second = engine.estimate(frames[1], frames[2], iters=2, flow_init=flow_init)
+    written = torch.from_numpy(read_flo(tmp_path / "flo" / "frame_10.flo")).permute(2, 0, 1)
+    # Each frame is encoded once, alone: float32 rounding apart from estimate's pair batch (6e-7 measured).
+    assert rel_error(written, second.flow[0]) < 1e-5
+    if warm_start:  # and the carry is not the unwarped flow
+        unwarped = engine.estimate(frames[1], frames[2], iters=2, flow_init=first.flow_low)
+        assert rel_error(written, unwarped.flow[0]) > 1e-3
 
 
 def _one_line_error(code, err, expected_code=1):

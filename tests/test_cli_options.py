@@ -24,14 +24,14 @@ LIBRARY_CHOICES = {
 }
 # Which commands take each option: a command losing one, or the test finding none, fails loudly.
 TAKEN_BY = {
-    "backend": {"flow", "inspect"},
-    "corr": {"flow", "inspect"},
-    "padding": {"flow", "inspect"},
-    "dtype": {"flow", "inspect"},
+    "backend": {"flow", "inspect", "evaluate"},
+    "corr": {"flow", "inspect", "evaluate"},
+    "padding": {"flow", "inspect", "evaluate"},
+    "dtype": {"flow", "inspect", "evaluate"},
     "variant": {"flow"},
-    "weights": {"flow", "inspect", "export", "demo"},
-    "iters": {"flow", "inspect", "export", "demo"},
-    "device": {"flow", "inspect", "demo"},
+    "weights": {"flow", "inspect", "export", "demo", "evaluate"},
+    "iters": {"flow", "inspect", "export", "demo", "evaluate"},
+    "device": {"flow", "inspect", "demo", "selftest", "evaluate"},
 }
 
 
