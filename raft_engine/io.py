@@ -207,7 +207,10 @@ def _read_png16_rgb(path: str | os.PathLike) -> np.ndarray:
         )
     if interlace:
         raise ValueError(f"{path}: interlaced PNGs are not supported")
-    raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8)
+    try:
+        raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8)
+    except zlib.error as error:  # chunks with valid CRCs around a cut-short or corrupt deflate stream
+        raise ValueError(f"{path}: corrupt PNG image data ({error})") from error
     if raw.size != height * (1 + width * 6):
         raise ValueError(f"{path}: PNG data size does not match its {width}x{height} header")
     rows = _unfilter(raw, height, width, 6)

@@ -248,6 +248,18 @@ def test_interlaced_kitti_png(tmp_path):
         read_kitti_flow(tmp_path / "f.png")
 
 
+@pytest.mark.parametrize("stream", ["cut short", "not deflate"])
+def test_kitti_png_with_corrupt_image_data(tmp_path, stream):
+    """Valid chunk CRCs around a broken deflate stream: one ValueError naming the file, not zlib's error."""
+    compressed = zlib.compress(_raw_rows())
+    payload = compressed[: len(compressed) // 2] if stream == "cut short" else b"\x00" * len(compressed)
+    header = _chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 16, 2, 0, 0, 0))
+    png = b"\x89PNG\r\n\x1a\n" + header + _chunk(b"IDAT", payload) + _chunk(b"IEND", b"")
+    (tmp_path / "f.png").write_bytes(png)
+    with pytest.raises(ValueError, match=r"f\.png: corrupt PNG image data"):
+        read_kitti_flow(tmp_path / "f.png")
+
+
 @pytest.mark.parametrize("change", ["one byte short", "one row more"])
 def test_kitti_png_data_size_differs_from_its_header(tmp_path, change):
     raw = _raw_rows()  # 2 rows of 1 + 12 bytes
