@@ -263,16 +263,34 @@ def _perturbed(oracle: Oracle, image1: np.ndarray, truth: np.ndarray) -> None:
     oracle.answer(image1, truth + np.array([3, 4], np.float32))
 
 
+def _pair_on_disk(oracle: Oracle, seed: int, image1_path: Path, image2_path: Path, truth_path: Path) -> np.ndarray:
+    """A generated 16x24 pair's frames and exact flow in a layout's files (KITTI PNG for a .png truth, else
+    .flo); the oracle answers the truth as stored plus (3, 4). -> the exact flow."""
+    image1, image2 = _frames(seed, 16, 24)
+    _image(image1_path, image1)
+    _image(image2_path, image2)
+    flow = generate_pair(seed, 16, 24).flow
+    if truth_path.suffix == ".png":
+        _kitti(truth_path, flow)
+        _perturbed(oracle, image1, read_kitti_flow(truth_path)[0])  # as stored: 1/64 px steps
+    else:
+        _flo(truth_path, flow)
+        _perturbed(oracle, image1, flow)
+    return flow
+
+
 def test_kitti_2012_layout(tmp_path):
     oracle = Oracle()
     for number in range(2):
-        image1, image2 = _frames(20 + number, 16, 24)
-        _image(tmp_path / f"training/colored_0/{number:06d}_10.png", image1)
-        _image(tmp_path / f"training/colored_0/{number:06d}_11.png", image2)
-        flow = generate_pair(20 + number, 16, 24).flow
-        _kitti(tmp_path / f"training/flow_occ/{number:06d}_10.png", flow)
+        frames = tmp_path / "training/colored_0"
+        flow = _pair_on_disk(
+            oracle,
+            20 + number,
+            frames / f"{number:06d}_10.png",
+            frames / f"{number:06d}_11.png",
+            tmp_path / f"training/flow_occ/{number:06d}_10.png",
+        )
         _kitti(tmp_path / f"training/flow_noc/{number:06d}_10.png", flow)
-        _perturbed(oracle, image1, read_kitti_flow(tmp_path / f"training/flow_occ/{number:06d}_10.png")[0])
     (record,) = evaluate(oracle, "kitti-2012", tmp_path)
     assert (record["dataset"], record["pairs"], sorted(record["scenes"])) == ("kitti-2012", 2, ["000000", "000001"])
     assert record["epe"] == pytest.approx(5.0, abs=1e-9)
@@ -283,12 +301,14 @@ def test_kitti_2012_layout(tmp_path):
 def test_chairs_layout_and_split(tmp_path):
     oracle = Oracle()
     for number in range(1, 5):
-        image1, image2 = _frames(30 + number, 16, 24)
-        _image(tmp_path / f"data/{number:05d}_img1.ppm", image1)
-        _image(tmp_path / f"data/{number:05d}_img2.ppm", image2)
-        flow = generate_pair(30 + number, 16, 24).flow
-        _flo(tmp_path / f"data/{number:05d}_flow.flo", flow)
-        _perturbed(oracle, image1, flow)
+        data = tmp_path / "data"
+        _pair_on_disk(
+            oracle,
+            30 + number,
+            data / f"{number:05d}_img1.ppm",
+            data / f"{number:05d}_img2.ppm",
+            data / f"{number:05d}_flow.flo",
+        )
     (tmp_path / "FlyingChairs_train_val.txt").write_text("1\n2\n2\n1\n")
     (record,) = evaluate(oracle, "chairs", tmp_path)
     assert (record["split"], sorted(record["scenes"]), record["iters"]) == ("validation", ["00002", "00003"], 24)
@@ -336,12 +356,8 @@ def test_list_layout(tmp_path):
     oracle = Oracle()
     lines = ["# image1 image2 flow"]
     for number in range(2):
-        image1, image2 = _frames(60 + number, 16, 24)
-        _image(tmp_path / f"clip/{number}a.png", image1)
-        _image(tmp_path / f"clip/{number}b.png", image2)
-        flow = generate_pair(60 + number, 16, 24).flow
-        _flo(tmp_path / f"clip/{number}.flo", flow)
-        _perturbed(oracle, image1, flow)
+        clip = tmp_path / "clip"
+        _pair_on_disk(oracle, 60 + number, clip / f"{number}a.png", clip / f"{number}b.png", clip / f"{number}.flo")
         lines.append(f"clip/{number}a.png clip/{number}b.png clip/{number}.flo")
     (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n\n")
     (record,) = evaluate(oracle, "list", tmp_path / "pairs.txt")
