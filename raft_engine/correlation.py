@@ -153,6 +153,56 @@ def corr_ondemand_ref(
     return out.view(batch, height, width, -1).permute(0, 3, 1, 2).contiguous()
 
 
+def corr_ondemand_gather(
+    fmap1: torch.Tensor, fmap2_pyramid: list[torch.Tensor], coords: torch.Tensor, radius: int
+) -> torch.Tensor:
+    """The on-demand lookup in operators that every ONNX runtime has (Gather, MatMul, Floor, Where):
+    the ONNX export's path. Same arguments and result as `corr_ondemand_ref`.
+
+    The (2r+1)^2 bilinear samples of a window share a (2r+2)^2 grid of integer corners, the same
+    fractional position inside every cell. So per level: gather, for each cell of image 1, the
+    features of fmap2 at those corners, 2r+2 corners at a time ((B*H*W, 2r+2, D), 334 MB
+    per gather at 1088x1920 in float32 where the whole grid would take 3.3 GB), contract the channels
+    with fmap1's feature (MatMul), zero the corners outside the map, and blend neighbouring corners
+    with the bilinear weights. Nothing is sized by the image twice over: no tensor has (HW)^2 elements,
+    and no shape depends on the data, so the graph takes any size.
+    """
+    batch, height, width, dim = fmap1.shape
+    dtype = compute_dtype(coords)
+    cells = batch * height * width
+    size = 2 * radius + 1
+    features1 = (fmap1.reshape(cells, dim, 1) / math.sqrt(dim)).to(dtype)
+    centres = coords.permute(0, 2, 3, 1).reshape(cells, 2).to(dtype)
+    steps = torch.arange(-radius, radius + 2, device=coords.device)  # corner offsets, (2r+2,)
+    # Which image each cell belongs to; arithmetic, as ONNX export of repeat_interleave breaks for a
+    # dynamic batch (an Expand to a fixed shape).
+    image = torch.arange(cells, device=coords.device) // (height * width)  # (cells,)
+    levels = []
+    for level, fmap2 in enumerate(fmap2_pyramid):
+        _, level_h, level_w, _ = fmap2.shape
+        table = fmap2.reshape(-1, dim).to(dtype)  # (B * H_l * W_l, D): one row per position
+        position = centres / 2**level
+        floor = torch.floor(position)
+        fx, fy = (position - floor).view(cells, 2, 1, 1).unbind(1)  # the bilinear weights, (cells, 1, 1)
+        # Corner columns x and rows y, (cells, 2r+2) each. Corners outside the map are read at the
+        # border and zeroed afterwards, as grid_sample's zero padding does.
+        x = floor[:, 0:1].long() + steps
+        y = floor[:, 1:2].long() + steps
+        inside = ((x >= 0) & (x < level_w))[:, :, None] & ((y >= 0) & (y < level_h))[:, None, :]
+        rows = (image * level_h)[:, None] + y.clamp(0, level_h - 1)
+        index = x.clamp(0, level_w - 1)[:, :, None] + rows[:, None, :] * level_w  # (cells, x corner, y corner)
+        # One y corner at a time: gather the 2r+2 corners' features (cells, 2r+2, D) and contract the
+        # channels with fmap1's feature (MatMul) -> (cells, 2r+2 x corners, 1).
+        dots = [torch.matmul(F.embedding(column, table), features1) for column in index.unbind(2)]
+        grid = torch.cat(dots, dim=2) * inside.to(dtype)  # (cells, x corner, y corner)
+        left = grid[:, :size, :size] * (1 - fy) + grid[:, :size, 1:] * fy
+        right = grid[:, 1:, :size] * (1 - fy) + grid[:, 1:, 1:] * fy
+        window = left * (1 - fx) + right * fx  # (cells, dx, dy): the published order, dx the slow index
+        levels.append(window.reshape(cells, size * size))
+    out = torch.cat(levels, dim=-1)  # (cells, L*K)
+    return out.view(batch, height, width, -1).permute(0, 3, 1, 2).contiguous()
+
+
 def all_pairs_correlation(fmap1: torch.Tensor, fmap2: torch.Tensor) -> torch.Tensor:
     """fmap1, fmap2: (B, D, H, W) float32 -> (B*H*W, 1, H, W): <fmap1[p], fmap2[q]> / sqrt(D).
 
