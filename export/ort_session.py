@@ -33,6 +33,10 @@ _GPU = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"
 # elements than this may be computed wrong or crash the kernel. The dense graph's largest tensor is
 # the correlation volume, batch * cells^2 elements with cells = (H / 8) * (W / 8).
 MAX_TENSOR_ELEMENTS = 2**31 - 1
+# A dynamic-size graph's largest side (`export_onnx`'s MAX_DYNAMIC_SIDE), and the smallest side of a
+# graph whose metadata does not say (RAFTConfig.min_image_size of both variants).
+MAX_DYNAMIC_SIDE = 8192
+DEFAULT_MIN_SIZE = 128
 
 
 class ProviderError(OSError):
@@ -229,7 +233,8 @@ class OrtFlowSession:
         or "auto" (CUDA when there is a GPU and onnxruntime-gpu, else CPU). When "cuda" or "tensorrt"
         does not load, ONNX Runtime falls back to the next provider with only a log line: this raises
         ProviderError instead ("auto" warns and runs on what loaded).
-    padding: "sintel" or "kitti", as FlowEngine; images must pad to the graph's input size.
+    padding: "sintel" or "kitti", as FlowEngine; images must pad to the graph's input size (for a dynamic-size
+        graph: any multiple of 8 from its minimum, 128, to 8192).
     cuda_graph: let ONNX Runtime record the CUDA provider's work as a CUDA graph (fixed batch only).
     device_id: the GPU to run on.
     check_placement: under a GPU provider, profile one run to find nodes placed on the CPU and warn
@@ -285,14 +290,21 @@ class OrtFlowSession:
         if missing:
             raise ValueError(f"{path} was not exported by raft_engine.export (metadata {missing} missing)")
         self.metadata = dict(meta)
-        self.height, self.width = int(meta["raft_engine.height"]), int(meta["raft_engine.width"])
+        # A dynamic-size graph has no height and width (None); graphs exported before the on-demand
+        # export existed carry no corr or min_size: they are dense, with RAFT's minimum of 128.
+        self.dynamic_size = meta["raft_engine.height"] == "dynamic"
+        self.height = None if self.dynamic_size else int(meta["raft_engine.height"])
+        self.width = None if self.dynamic_size else int(meta["raft_engine.width"])
+        self.min_size = int(meta.get("raft_engine.min_size", DEFAULT_MIN_SIZE))
+        self.corr = meta.get("raft_engine.corr", "volume")
         self.batch = None if meta["raft_engine.batch"] == "dynamic" else int(meta["raft_engine.batch"])
-        # Before any run (the placement check runs the graph): a fixed batch past the limit can never
-        # run; a dynamic one is checked per call, but must at least fit one pair.
-        check_dense_volume(self.batch or 1, self.height, self.width)
+        if self.corr == "volume" and self.height is not None and self.width is not None:
+            # Before any run (the placement check runs the graph): a fixed batch past the limit can never
+            # run; a dynamic one is checked per call, but must at least fit one pair.
+            check_dense_volume(self.batch or 1, self.height, self.width)
         self.outputs = [o.name for o in self.session.get_outputs()]
-        if cuda_graph and self.batch is None:
-            raise ValueError("cuda_graph=True needs a graph exported with a fixed batch")
+        if cuda_graph and (self.batch is None or self.dynamic_size):
+            raise ValueError("cuda_graph=True needs a graph exported with a fixed batch and size")
         self.cuda_graph = cuda_graph
         self._static: dict[str, torch.Tensor] = {}
         self.cpu_nodes: Counter = Counter()
@@ -316,10 +328,27 @@ class OrtFlowSession:
         return self.providers[0] in _GPU.values()
 
     def __repr__(self) -> str:
+        size = f"any size from {self.min_size}" if self.dynamic_size else f"{self.height}x{self.width}"
         return (
-            f"OrtFlowSession({self.path.name}: RAFT-{self.metadata.get('raft_engine.variant')}, "
-            f"{self.height}x{self.width}, batch {self.batch or 'dynamic'}, providers {self.providers})"
+            f"OrtFlowSession({self.path.name}: RAFT-{self.metadata.get('raft_engine.variant')}, {size}, "
+            f"batch {self.batch or 'dynamic'}, {self.corr} correlation, providers {self.providers})"
         )
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise ValueError unless the graph takes (padded) inputs of height x width."""
+        if not self.dynamic_size:
+            if (height, width) != (self.height, self.width):
+                raise ValueError(f"this graph was exported for {self.height}x{self.width}, got {height}x{width}")
+            return
+        if height % 8 or width % 8:
+            raise ValueError(
+                f"this dynamic-size graph takes heights and widths that are multiples of 8, got {height}x{width}: "
+                "pad the images (estimate() pads and crops like FlowEngine)"
+            )
+        if min(height, width) < self.min_size or max(height, width) > MAX_DYNAMIC_SIDE:
+            raise ValueError(
+                f"this dynamic-size graph takes sides from {self.min_size} to {MAX_DYNAMIC_SIDE}, got {height}x{width}"
+            )
 
     def _profile_events(self, provider_list: list) -> list[dict]:
         """The events of ONNX Runtime's profile of one run on zeros under `provider_list`."""
@@ -330,7 +359,8 @@ class OrtFlowSession:
         with tempfile.TemporaryDirectory() as folder:
             options.profile_file_prefix = str(Path(folder) / "placement")
             session = onnxruntime.InferenceSession(str(self.path), options, providers=provider_list)
-            zeros = np.zeros((self.batch or 1, 3, self.height, self.width), np.float32)
+            size = (self.height, self.width) if self.height and self.width else (self.min_size, self.min_size + 8)
+            zeros = np.zeros((self.batch or 1, 3, *size), np.float32)
             session.run(None, {"image1": zeros, "image2": zeros})
             return json.loads(Path(session.end_profiling()).read_text())
 
@@ -341,43 +371,49 @@ class OrtFlowSession:
         check_pair(batch1, batch2)
         height, width = batch1.shape[-2:]
         padder = Padder(height, width, self.padding)
-        if padder.padded_size != (self.height, self.width):
-            raise ValueError(
-                f"this graph was exported for {self.height}x{self.width}; images of {height}x{width} "
-                f"pad to {padder.padded_size[0]}x{padder.padded_size[1]}"
-            )
-        batch = batch1.shape[0]
+        try:
+            self.check_input_size(*padder.padded_size)
+        except ValueError as error:
+            padded = f"{padder.padded_size[0]}x{padder.padded_size[1]}"
+            raise ValueError(f"images of {height}x{width} pad to {padded}: {error}") from None
+        result = self._run(padder.pad(batch1).contiguous(), padder.pad(batch2).contiguous())
+        flow_low = result.flow_low
+        return FlowResult(flow=padder.unpad(result.flow), flow_low=flow_low)
+
+    def run(self, image1: ImageLike, image2: ImageLike) -> FlowResult:
+        """The graph on images already padded to a size it takes (see `check_input_size`), without
+        padding or cropping: flow (B, 2, H, W), and flow_low if the graph has it."""
+        batch1, batch2 = to_image_batch(image1, "image1"), to_image_batch(image2, "image2")
+        check_pair(batch1, batch2)
+        self.check_input_size(*batch1.shape[-2:])
+        return self._run(batch1.contiguous(), batch2.contiguous())
+
+    def _run(self, padded1: torch.Tensor, padded2: torch.Tensor) -> FlowResult:
+        batch = padded1.shape[0]
         if self.batch is not None and batch != self.batch:
             raise ValueError(f"this graph was exported for batch {self.batch}, got {batch} pair(s)")
-        if self.batch is None:
-            check_dense_volume(batch, self.height, self.width)
-        padded1 = padder.pad(batch1).contiguous()
-        padded2 = padder.pad(batch2).contiguous()
+        if self.corr == "volume" and self.batch is None:
+            check_dense_volume(batch, *padded1.shape[-2:])
         if padded1.is_cuda and padded1.device.index != self.device_id:
             raise ValueError(f"the images are on {padded1.device}, this session on cuda:{self.device_id}")
         if self.cuda_graph and not padded1.is_cuda:
             # ONNX Runtime's graph replays on fixed device buffers: host images are copied there.
             gpu = torch.device("cuda", self.device_id)
-            outputs = [o.to(batch1.device) for o in self._run_bound(padded1.to(gpu), padded2.to(gpu))]
+            outputs = [o.to(padded1.device) for o in self._run_bound(padded1.to(gpu), padded2.to(gpu))]
         elif self.on_gpu and padded1.is_cuda:
             outputs = self._run_bound(padded1, padded2)
         else:
             result = self.session.run(None, {"image1": padded1.cpu().numpy(), "image2": padded2.cpu().numpy()})
-            outputs = [torch.from_numpy(r).to(batch1.device) for r in result]
-        flow = padder.unpad(outputs[0])
-        flow_low = outputs[1] if len(outputs) > 1 else None
-        return FlowResult(flow=flow, flow_low=flow_low)
+            outputs = [torch.from_numpy(r).to(padded1.device) for r in result]
+        return FlowResult(flow=outputs[0], flow_low=outputs[1] if len(outputs) > 1 else None)
 
     def __call__(self, image1: ImageLike, image2: ImageLike) -> torch.Tensor:
         return self.estimate(image1, image2).flow
 
     def _run_bound(self, image1: torch.Tensor, image2: torch.Tensor) -> list[torch.Tensor]:
-        batch = image1.shape[0]
+        batch, _, height, width = image1.shape
         device = image1.device
-        shapes = {
-            "flow": (batch, 2, self.height, self.width),
-            "flow_low": (batch, 2, self.height // 8, self.width // 8),
-        }
+        shapes = {"flow": (batch, 2, height, width), "flow_low": (batch, 2, height // 8, width // 8)}
         if self.cuda_graph:
             # ONNX Runtime replays its graph on the buffers it was recorded with: keep them fixed.
             if not self._static:

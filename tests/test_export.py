@@ -60,6 +60,7 @@ def exported(tmp_path_factory, official_small, official_large):
 @pytest.mark.parametrize("variant", ["small", "large"])
 def test_onnx_runtime_reproduces_pytorch_and_the_fixtures(exported, reference, variant):
     report = exported[variant, "fp32"]
+    assert report.corr == "volume"  # corr="auto" at 128x160: a dense pyramid of 0.5 MB
     assert report.relative_error < TOLERANCE_VS_PYTORCH  # measured by export_onnx on a generated pair
     session = OrtFlowSession(report.path, providers="cpu")
     flow = session(reference["image1"], reference["image2"])
@@ -212,7 +213,9 @@ def test_verification_catches_a_wrong_graph(tmp_path, official_small, monkeypatc
 def test_session_errors(exported, reference, tmp_path):
     path = exported["small", "fp32"].path
     session = OrtFlowSession(path, providers="cpu")
-    with pytest.raises(ValueError, match="exported for 128x160; images of 200x160 pad to 200x160"):
+    with pytest.raises(
+        ValueError, match="images of 200x160 pad to 200x160: this graph was exported for 128x160, got 200x160"
+    ):
         session(np.zeros((200, 160, 3), np.uint8), np.zeros((200, 160, 3), np.uint8))
     with pytest.raises(ValueError, match="exported for batch 1, got 2"):
         session(np.stack([reference["image1"]] * 2), np.stack([reference["image2"]] * 2))
@@ -363,10 +366,12 @@ def test_dense_volume_limit(exported, official_small, tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "scene_tensors", no_work)
     monkeypatch.setattr(torch.onnx, "export", no_work)
     with pytest.raises(ValueError, match="batch 3 at 1088x1920 .* 3,196,108,800 elements"):
-        export_onnx(official_small, tmp_path / "big.onnx", iters=1, height=1088, width=1920, batch=3)
+        export_onnx(official_small, tmp_path / "big.onnx", iters=1, height=1088, width=1920, batch=3, corr="volume")
     # 1280x1920: one pair fits, the two pairs a dynamic batch is traced with do not.
     with pytest.raises(ValueError, match="traces the graph with 2 pairs: export a fixed batch of 1"):
-        export_onnx(official_small, tmp_path / "big.onnx", iters=1, height=1280, width=1920, dynamic_batch=True)
+        export_onnx(
+            official_small, tmp_path / "big.onnx", iters=1, height=1280, width=1920, dynamic_batch=True, corr="volume"
+        )
     assert not list(tmp_path.iterdir())
     # A session refuses a fixed-batch graph over the limit (lowered here below one 128x160 pair).
     monkeypatch.setattr(ort_session, "MAX_TENSOR_ELEMENTS", dense_volume_elements(1, 128, 160) - 1)
