@@ -207,18 +207,51 @@ def _build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export",
-        parents=[_options("weights", "iters", iters=f"unrolled iterations (default {DEFAULT_ITERS})")],
-        help="export a model to ONNX with a fixed iteration count and input size, verified with ONNX Runtime",
+        parents=[
+            _options(
+                "weights",
+                "iters",
+                "corr",
+                iters=f"unrolled iterations (default {DEFAULT_ITERS})",
+                corr="dense correlation volume, or on-demand correlation in standard ONNX operators, O(HW) memory "
+                "(default: on-demand when the volume would exceed 2 GiB, or the size is dynamic)",
+            )
+        ],
+        help="export a model to ONNX with a fixed iteration count, verified with ONNX Runtime; optionally as a "
+        "Triton Inference Server model repository",
     )
-    export.add_argument("--height", type=int, required=True, metavar="H", help="input height, a multiple of 8")
-    export.add_argument("--width", type=int, required=True, metavar="W", help="input width, a multiple of 8")
-    export.add_argument("-o", "--output", default="raft.onnx", metavar="FILE", help="default raft.onnx")
-    export.add_argument("--batch", type=int, default=1, metavar="B", help="batch size of the graph (default 1)")
+    export.add_argument("--height", type=int, metavar="H", help="input height, a multiple of 8")
+    export.add_argument("--width", type=int, metavar="W", help="input width, a multiple of 8")
+    export.add_argument(
+        "--dynamic-size",
+        action="store_true",
+        help="any height and width (multiples of 8, 128 to 8192); --height/--width: the size to trace and verify at "
+        "(default 256x320)",
+    )
+    export.add_argument("-o", "--output", default=None, metavar="FILE", help="default raft.onnx")
+    export.add_argument("--batch", type=int, default=None, metavar="B", help="batch size of the graph (default 1)")
     export.add_argument("--dynamic-batch", action="store_true", help="any batch size at run time")
     export.add_argument("--fp16", action="store_true", help="encoders and update block in float16")
     export.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default 18)")
     export.add_argument("--flow-low", action="store_true", help="also output the 1/8-resolution flow")
     export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check against PyTorch")
+    triton = export.add_argument_group("Triton Inference Server model repository")
+    triton.add_argument(
+        "--triton-repository",
+        metavar="DIR",
+        help="write DIR/NAME/config.pbtxt and DIR/NAME/1/model.onnx (instead of -o); DIR must be new or empty",
+    )
+    triton.add_argument("--model-name", default=None, metavar="NAME", help="the model's name and folder (default raft)")
+    triton.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="largest batch the server forms from requests, with dynamic batching (default 8; 0: no batching)",
+    )
+    triton.add_argument("--instances", type=int, default=None, metavar="N", help="model instances per GPU (default 1)")
+    triton.add_argument("--tensorrt-fp16", action="store_true", help="serve through TensorRT in fp16")
+    triton.add_argument("--force", action="store_true", help="write into a non-empty DIR (other models are kept)")
 
     demo = commands.add_parser(
         "demo",
@@ -668,24 +701,61 @@ def _run_inspect(args: argparse.Namespace) -> None:
     print(f"wrote {len(files)} files to {args.output}; open {files[-1]}")
 
 
+_TRITON_ONLY = ("model_name", "max_batch_size", "instances", "tensorrt_fp16", "force")
+
+
 def _run_export(args: argparse.Namespace) -> None:
-    from raft_engine.export import ExportError, export_onnx
+    from raft_engine.export import ExportError, export_onnx, export_triton
     from raft_engine.export.onnx_export import DEFAULT_OPSET
     from raft_engine.weights import load_model
 
+    options = dict(
+        iters=_iters(args),
+        height=args.height,
+        width=args.width,
+        dtype="fp16" if args.fp16 else "fp32",
+        opset=args.opset or DEFAULT_OPSET,
+        flow_low=args.flow_low,
+        verify=not args.no_verify,
+        corr=args.corr or "auto",
+        dynamic_size=args.dynamic_size,
+    )
+    if args.triton_repository is None:
+        given = [f"--{name.replace('_', '-')}" for name in _TRITON_ONLY if getattr(args, name) not in (None, False)]
+        if given:
+            raise UserError(f"{', '.join(given)} need(s) --triton-repository DIR")
+    else:
+        given = [flag for flag, value in (("-o", args.output), ("--batch", args.batch)) if value is not None]
+        given += ["--dynamic-batch"] if args.dynamic_batch else []
+        if given:
+            raise UserError(
+                f"{', '.join(given)} do(es) not apply with --triton-repository: the model goes to "
+                "DIR/NAME/1/model.onnx and --max-batch-size sets the batch"
+            )
     try:
+        if args.triton_repository is not None:
+            # The repository is checked before the model is loaded and traced: a refusal costs nothing.
+            from raft_engine.export.triton import check_repository
+
+            check_repository(args.triton_repository, args.force)
+            result = export_triton(
+                load_model(_weights(args)),
+                args.triton_repository,
+                model_name=args.model_name or "raft",
+                max_batch_size=8 if args.max_batch_size is None else args.max_batch_size,
+                instances=1 if args.instances is None else args.instances,
+                tensorrt_fp16=args.tensorrt_fp16,
+                force=args.force,
+                **options,
+            )
+            print(result)
+            return
         report = export_onnx(
             load_model(_weights(args)),
-            args.output,
-            iters=_iters(args),
-            height=args.height,
-            width=args.width,
-            batch=args.batch,
+            args.output or "raft.onnx",
+            batch=1 if args.batch is None else args.batch,
             dynamic_batch=args.dynamic_batch,
-            dtype="fp16" if args.fp16 else "fp32",
-            opset=args.opset or DEFAULT_OPSET,
-            flow_low=args.flow_low,
-            verify=not args.no_verify,
+            **options,
         )
     except ExportError as error:
         raise UserError(str(error)) from error
@@ -844,6 +914,7 @@ _OPTIONAL = {
     "onnxscript": "pip install onnx onnxscript (the project's [onnx] extra)",
     "onnxruntime": "pip install onnxruntime-gpu (or the CPU-only onnxruntime)",
     "av": 'pip install av (PyAV, the project\'s [video] extra: pip install -e ".[video]")',
+    "tritonclient": "pip install 'tritonclient[http]' (the project's [triton] extra)",
 }
 
 

@@ -1,0 +1,285 @@
+"""Serving an exported graph from NVIDIA Triton Inference Server: the model repository, and a client.
+
+`export_triton` exports a model into a Triton model repository, the layout the server loads:
+
+    DIR/NAME/config.pbtxt        platform "onnxruntime_onnx", the graph's inputs and outputs, batching,
+                                 instances, and optionally TensorRT with fp16
+    DIR/NAME/1/model.onnx        the graph (`export_onnx`), version 1
+
+`triton_flow` sends two frames (any size: padded like FlowEngine, the flow cropped back) to a running
+server over HTTP (`tritonclient[http]`) and returns the flow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from raft_engine.export.onnx_export import (
+    DEFAULT_CORR_BUDGET,
+    DYNAMIC_TRACE_SIZE,
+    ExportReport,
+    export_onnx,
+    resolve_corr,
+)
+from raft_engine.export.ort_session import (
+    MAX_DYNAMIC_SIDE,
+    MAX_TENSOR_ELEMENTS,
+    check_dense_volume,
+    dense_volume_elements,
+)
+from raft_engine.inputs import ImageLike, Padder, check_padding, check_pair, positive_int, to_image_batch
+from raft_engine.model import RAFT, FlowResult
+
+log = logging.getLogger(__name__)
+
+# ONNX element types (onnx.TensorProto) -> Triton's data types.
+_TRITON_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 7: "TYPE_INT64", 6: "TYPE_INT32", 9: "TYPE_BOOL"}
+# Dynamic batching: how long the server may hold a request to fill a batch. 100 us is under 2% of
+# RAFT-large's latency at Sintel size, so a lone request is barely delayed.
+DEFAULT_QUEUE_DELAY_US = 100
+# TensorRT's workspace (scratch memory for its kernels' tactics): 4 GiB.
+DEFAULT_TRT_WORKSPACE_BYTES = 4 << 30
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    """What `export_triton` wrote: the model's folder, its config and its graph, and the export's report."""
+
+    directory: Path
+    config: Path
+    onnx: Path
+    report: ExportReport
+
+    def __str__(self) -> str:
+        return f"{self.report}\nwrote the Triton model {self.directory}: {self.config.name} and 1/model.onnx"
+
+
+def check_repository(directory: str | os.PathLike, force: bool = False) -> Path:
+    """Refuse a repository folder that exists and is not empty, unless `force`: then only the model's own
+    folder is written, and every other model in the repository is left as it is."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} exists and is not a folder")
+    if directory.is_dir() and any(directory.iterdir()) and not force:
+        contents = sorted(p.name for p in directory.iterdir())
+        shown = ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
+        raise ValueError(
+            f"the repository folder {directory} is not empty ({shown}); choose an empty or new folder, or pass "
+            "force=True (--force) to write this model's folder in it, leaving the other models alone"
+        )
+    return directory
+
+
+def _check_model_name(name: str) -> str:
+    if not isinstance(name, str) or not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ValueError(f"model name must be a non-empty folder name without '/', got {name!r}")
+    return name
+
+
+def _dims(value) -> list[int]:
+    return [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
+
+
+def triton_model_config(
+    onnx_path: str | os.PathLike,
+    model_name: str = "raft",
+    max_batch_size: int = 8,
+    instances: int = 1,
+    tensorrt_fp16: bool = False,
+    workspace_bytes: int = DEFAULT_TRT_WORKSPACE_BYTES,
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+) -> str:
+    """config.pbtxt (protobuf text format of Triton's ModelConfig) for the graph at `onnx_path`.
+
+    max_batch_size: 0 turns Triton's batching off (the dims then include the graph's batch dimension);
+        above 0, the graph's batch dimension must be dynamic, and Triton takes it off the dims and
+        batches requests together (dynamic batching, preferred sizes the powers of 2 up to it).
+    instances: model instances on each GPU (instance_group, KIND_GPU).
+    tensorrt_fp16: run the graph through ONNX Runtime's TensorRT accelerator in fp16, with
+        `workspace_bytes` of workspace; otherwise ONNX Runtime's CUDA provider.
+    """
+    import onnx
+
+    model_name = _check_model_name(model_name)
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 0:
+        raise ValueError(f"max_batch_size must be an integer >= 0, got {max_batch_size!r}")
+    instances = positive_int("instances", instances)
+    workspace_bytes = positive_int("workspace_bytes", workspace_bytes)
+    queue_delay_us = positive_int("queue_delay_us", queue_delay_us)
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    lines = [f'name: "{model_name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {max_batch_size}"]
+    for section, values in (("input", graph.input), ("output", graph.output)):
+        entries = []
+        for value in values:
+            dims = _dims(value)
+            elem_type = value.type.tensor_type.elem_type
+            if elem_type not in _TRITON_TYPES:
+                raise ValueError(f"{value.name} has ONNX element type {elem_type}, which this writer does not map")
+            if max_batch_size > 0:
+                if dims[0] != -1:
+                    raise ValueError(
+                        f"max_batch_size {max_batch_size} needs a graph with a dynamic batch; {value.name} has a fixed "
+                        f"batch of {dims[0]} (export with dynamic_batch=True, or use max_batch_size 0)"
+                    )
+                dims = dims[1:]
+            shape = ", ".join(str(d) for d in dims)
+            kind = _TRITON_TYPES[elem_type]
+            entries.append(f'  {{\n    name: "{value.name}"\n    data_type: {kind}\n    dims: [ {shape} ]\n  }}')
+        lines.append(f"{section} [\n" + ",\n".join(entries) + "\n]")
+    if max_batch_size > 0:
+        preferred = [2**k for k in range(max_batch_size.bit_length()) if 2**k <= max_batch_size]
+        if max_batch_size not in preferred:
+            preferred.append(max_batch_size)
+        lines.append(
+            "dynamic_batching {\n"
+            f"  preferred_batch_size: [ {', '.join(str(p) for p in preferred)} ]\n"
+            f"  max_queue_delay_microseconds: {queue_delay_us}\n"
+            "}"
+        )
+    lines.append(f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_GPU\n  }}\n]")
+    if tensorrt_fp16:
+        lines.append(
+            "optimization {\n  execution_accelerators {\n    gpu_execution_accelerator: [\n      {\n"
+            '        name: "tensorrt"\n'
+            '        parameters { key: "precision_mode" value: "FP16" }\n'
+            f'        parameters {{ key: "max_workspace_size_bytes" value: "{workspace_bytes}" }}\n'
+            "      }\n    ]\n  }\n}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def export_triton(
+    model: RAFT,
+    directory: str | os.PathLike,
+    model_name: str = "raft",
+    max_batch_size: int = 8,
+    instances: int = 1,
+    tensorrt_fp16: bool = False,
+    force: bool = False,
+    workspace_bytes: int = DEFAULT_TRT_WORKSPACE_BYTES,
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    corr: str = "auto",
+    dynamic_size: bool = False,
+    corr_budget: float = DEFAULT_CORR_BUDGET,
+    **export_options: Any,
+) -> TritonModel:
+    """Export `model` (`export_onnx`: iters, dtype, opset, flow_low, verify in export_options) into the
+    Triton model repository `directory` as `model_name`, version 1, with its config.pbtxt
+    (`triton_model_config`). The repository folder must be new or empty unless force=True.
+
+    With max_batch_size > 0 the graph gets a dynamic batch, and corr="auto" decides between the volume
+    and on-demand for a full batch of max_batch_size pairs: the server may run that many at once.
+    """
+    model_name = _check_model_name(model_name)
+    directory = check_repository(directory, force)
+    for option in ("batch", "dynamic_batch"):
+        if option in export_options:
+            raise ValueError(f"{option} is set by max_batch_size for a Triton repository")
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 0:
+        raise ValueError(f"max_batch_size must be an integer >= 0, got {max_batch_size!r}")
+    served_batch = max(max_batch_size, 1)
+    size = (height, width)
+    if dynamic_size and height is None and width is None:
+        size = DYNAMIC_TRACE_SIZE
+    if size[0] is not None and size[1] is not None:
+        corr, reason = resolve_corr(corr, model.config, served_batch, size[0], size[1], dynamic_size, corr_budget)
+        log.info("Triton export: %s correlation for batches of up to %d (%s)", corr, served_batch, reason)
+        if corr == "volume":
+            fits = MAX_TENSOR_ELEMENTS // dense_volume_elements(1, size[0], size[1])
+            advice = f"use max_batch_size <= {fits}, or corr='ondemand'"
+            check_dense_volume(served_batch, size[0], size[1], advice if fits else None)
+    model_folder = directory / model_name
+    onnx_path = model_folder / "1" / "model.onnx"
+    report = export_onnx(
+        model,
+        onnx_path,
+        height=height,
+        width=width,
+        batch=2 if max_batch_size > 0 else 1,
+        dynamic_batch=max_batch_size > 0,
+        corr=corr,
+        dynamic_size=dynamic_size,
+        corr_budget=corr_budget,
+        **export_options,
+    )
+    config = model_folder / "config.pbtxt"
+    text = triton_model_config(
+        onnx_path, model_name, max_batch_size, instances, tensorrt_fp16, workspace_bytes, queue_delay_us
+    )
+    staged = config.with_name(f".{config.name}.{os.getpid()}.partial")
+    staged.write_text(text)
+    os.replace(staged, config)
+    return TritonModel(model_folder, config, onnx_path, report)
+
+
+# Client ------------------------------------------------------------------------------------------
+
+
+def triton_flow(
+    image1: ImageLike,
+    image2: ImageLike,
+    url: str = "localhost:8000",
+    model_name: str = "raft",
+    padding: str = "sintel",
+    timeout: float = 60.0,
+) -> FlowResult:
+    """Flow from image1 to image2 by a Triton Inference Server at `url` serving `model_name` (a model
+    repository from `export_triton`), over HTTP. Images of any size are padded like FlowEngine and the
+    flow cropped back; the result is on the CPU: flow (B, 2, H, W) float32 in pixels, and flow_low
+    when the graph has it."""
+    try:
+        import tritonclient.http as httpclient
+    except ImportError as error:
+        raise ImportError("triton_flow needs tritonclient's HTTP client: pip install 'raft-engine[triton]'") from error
+    check_padding(padding)
+    batch1, batch2 = to_image_batch(image1, "image1"), to_image_batch(image2, "image2")
+    check_pair(batch1, batch2)
+    height, width = batch1.shape[-2:]
+    padder = Padder(height, width, padding)
+    padded1 = padder.pad(batch1).cpu().contiguous().numpy().astype(np.float32, copy=False)
+    padded2 = padder.pad(batch2).cpu().contiguous().numpy().astype(np.float32, copy=False)
+    client = httpclient.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
+    metadata = client.get_model_metadata(model_name)
+    wanted = {entry["name"]: [int(d) for d in entry["shape"]] for entry in metadata["inputs"]}
+    _check_served_shape(wanted.get("image1"), padded1.shape, padder, model_name)
+    inputs = []
+    for name, array in (("image1", padded1), ("image2", padded2)):
+        tensor = httpclient.InferInput(name, list(array.shape), "FP32")
+        tensor.set_data_from_numpy(array, binary_data=True)
+        inputs.append(tensor)
+    names = [entry["name"] for entry in metadata["outputs"]]
+    requested = [httpclient.InferRequestedOutput(name, binary_data=True) for name in names]
+    result = client.infer(model_name, inputs, outputs=requested)
+    flow = padder.unpad(torch.from_numpy(np.array(result.as_numpy("flow"))))
+    flow_low = torch.from_numpy(np.array(result.as_numpy("flow_low"))) if "flow_low" in names else None
+    return FlowResult(flow=flow, flow_low=flow_low)
+
+
+def _check_served_shape(served: list[int] | None, shape: tuple[int, ...], padder: Padder, model_name: str) -> None:
+    """Refuse, before sending, what the served graph cannot take: a clear error instead of the server's."""
+    if served is None or len(served) != 4:
+        raise ValueError(f"model {model_name!r} has no (B, 3, H, W) input image1 (metadata: {served}); is it RAFT?")
+    batch, _, height, width = shape
+    if served[0] not in (-1, batch):
+        raise ValueError(f"model {model_name!r} takes batches of {served[0]}, got {batch} pair(s)")
+    fixed = [d for d in served[2:] if d != -1]
+    if len(fixed) == 2 and (height, width) != tuple(served[2:]):
+        raise ValueError(
+            f"model {model_name!r} takes {served[2]}x{served[3]} images; images of {padder.height}x{padder.width} "
+            f"pad to {height}x{width}"
+        )
+    if not fixed and not (128 <= min(height, width) and max(height, width) <= MAX_DYNAMIC_SIDE):
+        raise ValueError(
+            f"model {model_name!r} takes sides from 128 to {MAX_DYNAMIC_SIDE}; images of "
+            f"{padder.height}x{padder.width} pad to {height}x{width}"
+        )
