@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from raft_engine.correlation import OnDemandCorrelation, corr_ondemand_gather, dense_pyramid_bytes
+from raft_engine.engine import DEFAULT_CORR_BUDGET  # corr="auto": FlowEngine's budget, 2 GiB
 from raft_engine.export.ort_session import (
     MAX_DYNAMIC_SIDE,
     MAX_TENSOR_ELEMENTS,
@@ -53,8 +54,6 @@ ONNX_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 MIN_OPSET = 16  # GridSample
 DEFAULT_OPSET = 18
 CORR_CHOICES = ("auto", "volume", "ondemand")
-# corr="auto": the dense pyramid's budget in bytes, FlowEngine's default (1088x1920 takes 5.7 GB: on-demand).
-DEFAULT_CORR_BUDGET = 2 * 2**30
 # The size a dynamic-size graph is traced and verified at when height and width are not given; unequal
 # sides, or torch.export would be free to take the two dimensions for one.
 DYNAMIC_TRACE_SIZE = (256, 320)

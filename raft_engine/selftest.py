@@ -59,7 +59,7 @@ class Check:
 
     @property
     def name(self) -> str:
-        corr = f" {self.corr}" if self.backend == "triton" else ""
+        corr = f" {self.corr}" if self.backend == "triton" or self.corr == "ondemand" else ""
         return f"{self.backend}{corr} RAFT-{self.variant} {self.dtype} {self.height}x{self.width}"
 
 
@@ -176,10 +176,11 @@ def plan(device: torch.device, quick: bool) -> list[Check]:
                 if dtype != "fp16" and (first or not quick):  # one compile per shape and dtype: minutes
                     checks.append(Check("compiled", variant, dtype, height, width))
                     checks.append(Check("compiled+graphs", variant, dtype, height, width))
-            if first:  # one ONNX export per variant and precision
+            if first:  # one ONNX export per variant and precision, and the on-demand graph in fp32
                 for backend in ("ort-cpu", "ort-cuda", "ort-tensorrt"):
                     for dtype in ("fp32", "fp16"):
                         checks.append(Check(backend, variant, dtype, height, width))
+                    checks.append(Check(backend, variant, "fp32", height, width, "ondemand"))
     return checks
 
 
@@ -269,7 +270,7 @@ def _ort_runner(check: Check, context: Context) -> tuple[Callable[[], torch.Tens
     from raft_engine.inputs import Padder
 
     height, width = Padder(check.height, check.width).padded_size
-    path = context.workdir / f"{check.variant}-{check.dtype}-{height}x{width}.onnx"
+    path = context.workdir / f"{check.variant}-{check.dtype}-{check.corr}-{height}x{width}.onnx"
     if not path.exists():
         export_onnx(
             _model(context, check.variant),
@@ -278,6 +279,7 @@ def _ort_runner(check: Check, context: Context) -> tuple[Callable[[], torch.Tens
             height=height,
             width=width,
             dtype=check.dtype,
+            corr=check.corr,
             verify=False,
         )
     session = OrtFlowSession(path, providers=provider)

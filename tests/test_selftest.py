@@ -105,3 +105,6 @@ def test_the_full_plan_covers_every_backend_and_precision():
     }
     assert {(c.height, c.width) for c in checks} == set(selftest.SIZES[("cuda", False)])
     assert {c.corr for c in checks if c.backend == "triton"} == {"volume", "ondemand"}
+    # The on-demand ONNX graph on every ONNX Runtime provider, for both variants.
+    ondemand = {(c.backend, c.variant) for c in checks if c.backend.startswith("ort") and c.corr == "ondemand"}
+    assert ondemand == {(b, v) for b in ("ort-cpu", "ort-cuda", "ort-tensorrt") for v in ("large", "small")}
