@@ -41,7 +41,7 @@ from raft_engine.engine import DEFAULT_CORR_BUDGET  # corr="auto": FlowEngine's 
 from raft_engine.export.ort_session import (
     MAX_DYNAMIC_SIDE,
     MAX_TENSOR_ELEMENTS,
-    check_dense_volume,
+    check_tensors,
     dense_volume_elements,
 )
 from raft_engine.inputs import positive_int
@@ -154,6 +154,8 @@ def _check_size(model: RAFT, height: int | None, width: int | None, dynamic_size
     if dynamic_size and height is None and width is None:
         height, width = DYNAMIC_TRACE_SIZE
     if height is None or width is None:
+        if dynamic_size:
+            raise ValueError("give both height and width (the size to trace at), or neither (256x320)")
         raise ValueError(
             "height and width are required: an ONNX export has a fixed input size (dynamic_size=True for any size)"
         )
@@ -215,13 +217,12 @@ def export_onnx(
     traced_batch = max(batch, 2) if dynamic_batch else batch
     corr, reason = resolve_corr(corr, model.config, traced_batch, height, width, dynamic_size, corr_budget)
     log.info("export: %s correlation (%s)", corr, reason)
-    if corr == "volume":
-        # Refused before any tracing: past 2^31-1 elements, the correlation volume is out of reach of
-        # ONNX Runtime's 32-bit indexing on the GPU, and verification on the CPU would build it at full size.
-        advice = None
-        if traced_batch != batch:
-            advice = f"dynamic_batch=True traces the graph with {traced_batch} pairs: export a fixed batch of 1"
-        check_dense_volume(traced_batch, height, width, advice)
+    # Refused before any tracing: past 2^31-1 elements, a tensor is out of reach of ONNX Runtime's 32-bit
+    # indexing on the GPU (the dense volume first of all, and verification on the CPU would build it).
+    advice = None
+    if traced_batch != batch:
+        advice = f"dynamic_batch=True traces the graph with {traced_batch} pairs: export a fixed batch of 1"
+    check_tensors(corr, traced_batch, height, width, model.config.variant, advice)
     exported = _Exported(reference_model(model, corr).to_compute_dtype(ONNX_DTYPES[dtype]), iters, flow_low).eval()
     # Generated scenes: realistic inputs for tracing and verification.
     image1, image2, _ = scene_tensors(range(traced_batch), height, width)

@@ -34,7 +34,9 @@ _GPU = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"
 # the correlation volume, batch * cells^2 elements with cells = (H / 8) * (W / 8).
 MAX_TENSOR_ELEMENTS = 2**31 - 1
 # A dynamic-size graph's largest side (`export_onnx`'s MAX_DYNAMIC_SIDE), and the smallest side of a
-# graph whose metadata does not say (RAFTConfig.min_image_size of both variants).
+# graph whose metadata does not say (RAFTConfig.min_image_size of both variants). The 32-bit limit
+# bounds batch x area further: RAFT-large on-demand takes one 4320x7680 pair, or 6 pairs at 2160x3840
+# (`check_ondemand_tensors`).
 MAX_DYNAMIC_SIDE = 8192
 DEFAULT_MIN_SIZE = 128
 
@@ -68,9 +70,44 @@ def check_dense_volume(batch: int, height: int, width: int, advice: str | None =
     raise ValueError(
         f"batch {batch} at {height}x{width} gives a dense correlation volume of {elements:,} elements "
         f"(batch * ((H/8)*(W/8))^2), over the limit of {MAX_TENSOR_ELEMENTS:,} (2^31-1): ONNX Runtime's CUDA "
-        f"kernels index tensors with 32-bit integers; {advice}; or use FlowEngine, whose on-demand "
-        "correlation (corr='ondemand') builds no volume"
+        f"kernels index tensors with 32-bit integers; {advice}; or export with corr='ondemand' (or use "
+        "FlowEngine's), which builds no volume"
     )
+
+
+def ondemand_tensor_elements(batch: int, height: int, width: int, variant: str = "large") -> int:
+    """Elements of the on-demand graph's largest tensors for `batch` pairs of `height` x `width` (padded):
+    the gathered window corners of a level, batch * cells * (2r+2) * D (`corr_ondemand_gather`), or
+    the feature encoder's first activation, 2 * batch * C * (H/2) * (W/2) for both images."""
+    from raft_engine.config import RAFTConfig
+
+    config = RAFTConfig.from_variant(variant)
+    cells = (height // 8) * (width // 8)
+    gathered = batch * cells * (2 * config.corr_radius + 2) * config.feature_dim
+    encoder = 2 * batch * config.encoder_widths[0] * (height // 2) * (width // 2)
+    return max(gathered, encoder)
+
+
+def check_ondemand_tensors(batch: int, height: int, width: int, variant: str = "large") -> None:
+    """Raise ValueError when the on-demand graph's largest tensor for `batch` pairs at height x width
+    passes ONNX Runtime's 32-bit indexing (MAX_TENSOR_ELEMENTS)."""
+    elements = ondemand_tensor_elements(batch, height, width, variant)
+    if elements <= MAX_TENSOR_ELEMENTS:
+        return
+    fits = MAX_TENSOR_ELEMENTS // ondemand_tensor_elements(1, height, width, variant)
+    advice = f"use a batch of at most {fits}" if fits else "even one pair is too large: use a smaller size"
+    raise ValueError(
+        f"batch {batch} at {height}x{width} gives the on-demand RAFT-{variant} graph a tensor of {elements:,} "
+        f"elements, over the limit of {MAX_TENSOR_ELEMENTS:,} (2^31-1) of ONNX Runtime's 32-bit indexing; {advice}"
+    )
+
+
+def check_tensors(corr: str, batch: int, height: int, width: int, variant: str = "large", advice=None) -> None:
+    """The 32-bit limit for a graph of correlation `corr` ("volume" or "ondemand")."""
+    if corr == "volume":
+        check_dense_volume(batch, height, width, advice)
+    else:
+        check_ondemand_tensors(batch, height, width, variant)
 
 
 # Ops that read only their input's shape, never its data, and return a small int64 tensor.
@@ -298,10 +335,11 @@ class OrtFlowSession:
         self.min_size = int(meta.get("raft_engine.min_size", DEFAULT_MIN_SIZE))
         self.corr = meta.get("raft_engine.corr", "volume")
         self.batch = None if meta["raft_engine.batch"] == "dynamic" else int(meta["raft_engine.batch"])
-        if self.corr == "volume" and self.height is not None and self.width is not None:
+        self.variant = meta.get("raft_engine.variant", "large")
+        if self.height is not None and self.width is not None:
             # Before any run (the placement check runs the graph): a fixed batch past the limit can never
             # run; a dynamic one is checked per call, but must at least fit one pair.
-            check_dense_volume(self.batch or 1, self.height, self.width)
+            check_tensors(self.corr, self.batch or 1, self.height, self.width, self.variant)
         self.outputs = [o.name for o in self.session.get_outputs()]
         if cuda_graph and (self.batch is None or self.dynamic_size):
             raise ValueError("cuda_graph=True needs a graph exported with a fixed batch and size")
@@ -392,8 +430,9 @@ class OrtFlowSession:
         batch = padded1.shape[0]
         if self.batch is not None and batch != self.batch:
             raise ValueError(f"this graph was exported for batch {self.batch}, got {batch} pair(s)")
-        if self.corr == "volume" and self.batch is None:
-            check_dense_volume(batch, *padded1.shape[-2:])
+        if self.batch is None or self.dynamic_size:
+            height, width = padded1.shape[-2:]
+            check_tensors(self.corr, batch, height, width, self.variant)
         if padded1.is_cuda and padded1.device.index != self.device_id:
             raise ValueError(f"the images are on {padded1.device}, this session on cuda:{self.device_id}")
         if self.cuda_graph and not padded1.is_cuda:

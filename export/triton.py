@@ -12,8 +12,11 @@ server over HTTP (`tritonclient[http]`) and returns the flow.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +33,8 @@ from raft_engine.export.onnx_export import (
 )
 from raft_engine.export.ort_session import (
     MAX_DYNAMIC_SIDE,
-    MAX_TENSOR_ELEMENTS,
-    check_dense_volume,
-    dense_volume_elements,
+    check_ondemand_tensors,
+    check_tensors,
 )
 from raft_engine.inputs import ImageLike, Padder, check_padding, check_pair, positive_int, to_image_batch
 from raft_engine.model import RAFT, FlowResult
@@ -46,6 +48,8 @@ _TRITON_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 7: "TYPE_INT64", 6: "TYPE_INT3
 DEFAULT_QUEUE_DELAY_US = 100
 # TensorRT's workspace (scratch memory for its kernels' tactics): 4 GiB.
 DEFAULT_TRT_WORKSPACE_BYTES = 4 << 30
+# Where the server keeps built TensorRT engines, inside its container (mount a volume there to keep them).
+TRT_CACHE_PATH = "/tmp/raft_engine_trt"
 
 
 @dataclass(frozen=True)
@@ -78,9 +82,19 @@ def check_repository(directory: str | os.PathLike, force: bool = False) -> Path:
 
 
 def _check_model_name(name: str) -> str:
-    if not isinstance(name, str) or not name or name in (".", "..") or any(c in name for c in "/\\\0"):
-        raise ValueError(f"model name must be a non-empty folder name without '/', got {name!r}")
+    # Letters, digits, '_', '-' and '.': a folder name, and a string config.pbtxt needs no escapes for.
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"model name must be letters, digits, '_', '-' and '.' (a folder name), got {name!r}")
     return name
+
+
+def _check_options(max_batch_size: int, instances: int, workspace_bytes: int, queue_delay_us: int) -> None:
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 0:
+        raise ValueError(f"max_batch_size must be an integer >= 0, got {max_batch_size!r}")
+    positive_int("instances", instances)
+    positive_int("workspace_bytes", workspace_bytes)
+    if isinstance(queue_delay_us, bool) or not isinstance(queue_delay_us, int) or queue_delay_us < 0:
+        raise ValueError(f"queue_delay_us must be an integer >= 0, got {queue_delay_us!r}")
 
 
 def _dims(value) -> list[int]:
@@ -108,11 +122,7 @@ def triton_model_config(
     import onnx
 
     model_name = _check_model_name(model_name)
-    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 0:
-        raise ValueError(f"max_batch_size must be an integer >= 0, got {max_batch_size!r}")
-    instances = positive_int("instances", instances)
-    workspace_bytes = positive_int("workspace_bytes", workspace_bytes)
-    queue_delay_us = positive_int("queue_delay_us", queue_delay_us)
+    _check_options(max_batch_size, instances, workspace_bytes, queue_delay_us)
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     lines = [f'name: "{model_name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {max_batch_size}"]
     for section, values in (("input", graph.input), ("output", graph.output)):
@@ -134,12 +144,11 @@ def triton_model_config(
             entries.append(f'  {{\n    name: "{value.name}"\n    data_type: {kind}\n    dims: [ {shape} ]\n  }}')
         lines.append(f"{section} [\n" + ",\n".join(entries) + "\n]")
     if max_batch_size > 0:
-        preferred = [2**k for k in range(max_batch_size.bit_length()) if 2**k <= max_batch_size]
-        if max_batch_size not in preferred:
-            preferred.append(max_batch_size)
+        # The batcher sends a batch of a preferred size at once and waits up to the queue delay for one:
+        # only the full batch is preferred, or every smaller power of 2 would go out without waiting.
         lines.append(
             "dynamic_batching {\n"
-            f"  preferred_batch_size: [ {', '.join(str(p) for p in preferred)} ]\n"
+            f"  preferred_batch_size: [ {max_batch_size} ]\n"
             f"  max_queue_delay_microseconds: {queue_delay_us}\n"
             "}"
         )
@@ -150,6 +159,9 @@ def triton_model_config(
             '        name: "tensorrt"\n'
             '        parameters { key: "precision_mode" value: "FP16" }\n'
             f'        parameters {{ key: "max_workspace_size_bytes" value: "{workspace_bytes}" }}\n'
+            # Building the engine of the unrolled graph takes minutes: keep it across server starts.
+            '        parameters { key: "trt_engine_cache_enable" value: "1" }\n'
+            f'        parameters {{ key: "trt_engine_cache_path" value: "{TRT_CACHE_PATH}" }}\n'
             "      }\n    ]\n  }\n}"
         )
     return "\n".join(lines) + "\n"
@@ -181,45 +193,54 @@ def export_triton(
     and on-demand for a full batch of max_batch_size pairs: the server may run that many at once.
     """
     model_name = _check_model_name(model_name)
+    _check_options(max_batch_size, instances, workspace_bytes, queue_delay_us)
     directory = check_repository(directory, force)
     for option in ("batch", "dynamic_batch"):
         if option in export_options:
             raise ValueError(f"{option} is set by max_batch_size for a Triton repository")
-    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 0:
-        raise ValueError(f"max_batch_size must be an integer >= 0, got {max_batch_size!r}")
     served_batch = max(max_batch_size, 1)
     size = (height, width)
     if dynamic_size and height is None and width is None:
         size = DYNAMIC_TRACE_SIZE
-    if size[0] is not None and size[1] is not None:
+    if size[0] is not None and size[1] is not None and not dynamic_size:
         corr, reason = resolve_corr(corr, model.config, served_batch, size[0], size[1], dynamic_size, corr_budget)
         log.info("Triton export: %s correlation for batches of up to %d (%s)", corr, served_batch, reason)
-        if corr == "volume":
-            fits = MAX_TENSOR_ELEMENTS // dense_volume_elements(1, size[0], size[1])
-            advice = f"use max_batch_size <= {fits}, or corr='ondemand'"
-            check_dense_volume(served_batch, size[0], size[1], advice if fits else None)
+        check_tensors(corr, served_batch, size[0], size[1], model.config.variant, "use a smaller max_batch_size")
+    # Written in a staging folder beside the model's, moved into place whole once the export is verified
+    # and its config written: the server never sees a model folder without its config or graph.
+    directory.mkdir(parents=True, exist_ok=True)
     model_folder = directory / model_name
-    onnx_path = model_folder / "1" / "model.onnx"
-    report = export_onnx(
-        model,
-        onnx_path,
-        height=height,
-        width=width,
-        batch=2 if max_batch_size > 0 else 1,
-        dynamic_batch=max_batch_size > 0,
-        corr=corr,
-        dynamic_size=dynamic_size,
-        corr_budget=corr_budget,
-        **export_options,
-    )
-    config = model_folder / "config.pbtxt"
-    text = triton_model_config(
-        onnx_path, model_name, max_batch_size, instances, tensorrt_fp16, workspace_bytes, queue_delay_us
-    )
-    staged = config.with_name(f".{config.name}.{os.getpid()}.partial")
-    staged.write_text(text)
-    os.replace(staged, config)
-    return TritonModel(model_folder, config, onnx_path, report)
+    staging = directory / f".{model_name}.{os.getpid()}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        onnx_path = staging / "1" / "model.onnx"
+        report = export_onnx(
+            model,
+            onnx_path,
+            height=height,
+            width=width,
+            batch=2 if max_batch_size > 0 else 1,
+            dynamic_batch=max_batch_size > 0,
+            corr=corr,
+            dynamic_size=dynamic_size,
+            corr_budget=corr_budget,
+            **export_options,
+        )
+        text = triton_model_config(
+            onnx_path, model_name, max_batch_size, instances, tensorrt_fp16, workspace_bytes, queue_delay_us
+        )
+        (staging / "config.pbtxt").write_text(text)
+        if model_folder.exists():  # force=True: this model's folder is replaced whole, others stay
+            replaced = directory / f".{model_name}.{os.getpid()}.replaced"
+            os.replace(model_folder, replaced)
+            os.replace(staging, model_folder)
+            shutil.rmtree(replaced)
+        else:
+            os.replace(staging, model_folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report = dataclasses.replace(report, path=model_folder / "1" / "model.onnx")
+    return TritonModel(model_folder, model_folder / "config.pbtxt", model_folder / "1" / "model.onnx", report)
 
 
 # Client ------------------------------------------------------------------------------------------
@@ -249,17 +270,25 @@ def triton_flow(
     padded1 = padder.pad(batch1).cpu().contiguous().numpy().astype(np.float32, copy=False)
     padded2 = padder.pad(batch2).cpu().contiguous().numpy().astype(np.float32, copy=False)
     client = httpclient.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
-    metadata = client.get_model_metadata(model_name)
-    wanted = {entry["name"]: [int(d) for d in entry["shape"]] for entry in metadata["inputs"]}
-    _check_served_shape(wanted.get("image1"), padded1.shape, padder, model_name)
-    inputs = []
-    for name, array in (("image1", padded1), ("image2", padded2)):
-        tensor = httpclient.InferInput(name, list(array.shape), "FP32")
-        tensor.set_data_from_numpy(array, binary_data=True)
-        inputs.append(tensor)
-    names = [entry["name"] for entry in metadata["outputs"]]
-    requested = [httpclient.InferRequestedOutput(name, binary_data=True) for name in names]
-    result = client.infer(model_name, inputs, outputs=requested)
+    try:
+        metadata = client.get_model_metadata(model_name)
+        wanted = {entry["name"]: [int(d) for d in entry["shape"]] for entry in metadata["inputs"]}
+        _check_served_shape(wanted.get("image1"), padded1.shape, padder, model_name)
+        max_batch_size = int(client.get_model_config(model_name).get("max_batch_size", 0))
+        if max_batch_size and padded1.shape[0] > max_batch_size:
+            raise ValueError(
+                f"model {model_name!r} takes batches of up to {max_batch_size} (max_batch_size), got {padded1.shape[0]}"
+            )
+        inputs = []
+        for name, array in (("image1", padded1), ("image2", padded2)):
+            tensor = httpclient.InferInput(name, list(array.shape), "FP32")
+            tensor.set_data_from_numpy(array, binary_data=True)
+            inputs.append(tensor)
+        names = [entry["name"] for entry in metadata["outputs"]]
+        requested = [httpclient.InferRequestedOutput(name, binary_data=True) for name in names]
+        result = client.infer(model_name, inputs, outputs=requested)
+    finally:
+        client.close()
     flow = padder.unpad(torch.from_numpy(np.array(result.as_numpy("flow"))))
     flow_low = torch.from_numpy(np.array(result.as_numpy("flow_low"))) if "flow_low" in names else None
     return FlowResult(flow=flow, flow_low=flow_low)
@@ -278,8 +307,11 @@ def _check_served_shape(served: list[int] | None, shape: tuple[int, ...], padder
             f"model {model_name!r} takes {served[2]}x{served[3]} images; images of {padder.height}x{padder.width} "
             f"pad to {height}x{width}"
         )
-    if not fixed and not (128 <= min(height, width) and max(height, width) <= MAX_DYNAMIC_SIDE):
-        raise ValueError(
-            f"model {model_name!r} takes sides from 128 to {MAX_DYNAMIC_SIDE}; images of "
-            f"{padder.height}x{padder.width} pad to {height}x{width}"
-        )
+    if not fixed:
+        if not (128 <= min(height, width) and max(height, width) <= MAX_DYNAMIC_SIDE):
+            raise ValueError(
+                f"model {model_name!r} takes sides from 128 to {MAX_DYNAMIC_SIDE}; images of "
+                f"{padder.height}x{padder.width} pad to {height}x{width}"
+            )
+        # The server's metadata does not name the variant: RAFT-large's bound holds for both.
+        check_ondemand_tensors(batch, height, width, "large")

@@ -11,6 +11,7 @@ from raft_engine import FlowEngine
 from raft_engine.config import RAFTConfig
 from raft_engine.export import OrtFlowSession, export_onnx, onnx_export
 from raft_engine.export.onnx_export import DEFAULT_CORR_BUDGET, TOLERANCE, resolve_corr
+from raft_engine.export.ort_session import check_ondemand_tensors, ondemand_tensor_elements
 from raft_engine.scenes import scene_tensors
 
 ITERS = 3  # the graph's size, and the export's time, grow with the unrolled iterations
@@ -98,6 +99,20 @@ def test_dynamic_size_graph_serves_three_sizes_from_one_file(tmp_path, official_
         assert rel_error(flow, engine_flow(official_large, image1, image2, "volume")) < ONDEMAND_VS_PYTORCH
 
 
+def test_ondemand_graphs_stay_within_32_bit_indexing():
+    # RAFT-large gathers (2r+2) * D = 10 * 256 elements per cell and level: one 4320x7680 pair (518,400
+    # cells) or 6 pairs at 2160x3840 fit 2^31-1, 7 do not; at 1088x1920 the encoder's first activation
+    # (2 * 64 channels at half size) is the smaller of the two.
+    assert ondemand_tensor_elements(1, 4320, 7680) == 518_400 * 2560
+    assert ondemand_tensor_elements(6, 2160, 3840) == 6 * 129_600 * 2560
+    check_ondemand_tensors(6, 2160, 3840)
+    with pytest.raises(ValueError, match="batch 7 at 2160x3840 .* 2,322,432,000 elements.*at most 6"):
+        check_ondemand_tensors(7, 2160, 3840)
+    with pytest.raises(ValueError, match="even one pair is too large"):
+        check_ondemand_tensors(1, 8192, 8192)
+    assert ondemand_tensor_elements(1, 8192, 8192, "small") == 1024**2 * 8 * 128  # small: 8 * 128 per cell
+
+
 def test_corr_auto_takes_the_volume_while_it_fits():
     large = RAFTConfig.large()
     # 440x1024 (Sintel padded): 55 x 128 cells, a dense pyramid of 0.26 GB: the volume.
@@ -135,6 +150,9 @@ def test_export_refuses_bad_requests_before_any_work(official_small, tmp_path, m
     # 1088x1920, batch 3, asked for the volume: past 2^31-1 elements (corr="auto" would go on-demand).
     with pytest.raises(ValueError, match="3,196,108,800 elements"):
         export_onnx(official_small, path, iters=1, height=1088, width=1920, batch=3, corr="volume")
+    # On-demand has its bound too: 3 pairs at 8192x8192 gather 3 * 1024^2 cells * 8 corners * 128 channels.
+    with pytest.raises(ValueError, match="on-demand RAFT-small graph a tensor of 3,221,225,472 elements.*at most 1"):
+        export_onnx(official_small, path, iters=1, height=8192, width=8192, batch=3, corr="ondemand")
     assert not list(tmp_path.iterdir())
 
 

@@ -81,12 +81,18 @@ def test_repository_layout_and_config(repository):
     check_against_graph(config, graph)
     assert [list(e.dims) for e in config.input] == [[3, -1, -1]] * 2
     assert [(e.name, list(e.dims)) for e in config.output] == [("flow", [2, -1, -1])]
-    assert list(config.dynamic_batching.preferred_batch_size) == [1, 2, 4]
+    assert list(config.dynamic_batching.preferred_batch_size) == [4]  # only full batches skip the queue delay
     assert config.dynamic_batching.max_queue_delay_microseconds == 100
     assert [(g.count, g.kind) for g in config.instance_group] == [(2, model_config_pb2.ModelInstanceGroup.KIND_GPU)]
     (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
     assert accelerator.name == "tensorrt"
-    assert dict(accelerator.parameters) == {"precision_mode": "FP16", "max_workspace_size_bytes": str(4 << 30)}
+    assert dict(accelerator.parameters) == {
+        "precision_mode": "FP16",
+        "max_workspace_size_bytes": str(4 << 30),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": "/tmp/raft_engine_trt",
+    }
+    assert not [p.name for p in repository.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
 def tiny_graph(path, batch: int | str, outputs=("flow",)) -> None:
@@ -99,7 +105,8 @@ def tiny_graph(path, batch: int | str, outputs=("flow",)) -> None:
     nodes.append(helper.make_node("Slice", ["difference", "s", "e", "a"], ["flow"]))
     flow = helper.make_tensor_value_info("flow", TensorProto.FLOAT, [batch, 2, 128, 160])
     graph = helper.make_graph(nodes, "tiny", images, [flow], initializer=[starts, ends, axes])
-    onnx.save(helper.make_model(graph), path)
+    # An IR version and opset that every ONNX Runtime of the test extra loads.
+    onnx.save(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
 def test_config_of_a_fixed_graph_without_batching(tmp_path):
@@ -119,11 +126,17 @@ def test_config_of_a_fixed_graph_without_batching(tmp_path):
         triton_model_config(tmp_path / "batched.onnx", max_batch_size=6), model_config_pb2.ModelConfig()
     )
     check_against_graph(config, onnx.load(tmp_path / "batched.onnx").graph)
-    assert list(config.dynamic_batching.preferred_batch_size) == [1, 2, 4, 6]
+    assert list(config.dynamic_batching.preferred_batch_size) == [6]
+    no_delay = triton_model_config(tmp_path / "batched.onnx", max_batch_size=6, queue_delay_us=0)
+    assert (
+        text_format.Parse(no_delay, model_config_pb2.ModelConfig()).dynamic_batching.max_queue_delay_microseconds == 0
+    )
     for options, message in [
         (dict(max_batch_size=-1), "max_batch_size must be an integer >= 0"),
         (dict(instances=0), "instances must be"),
-        (dict(model_name="a/b"), "model name must be a non-empty folder name"),
+        (dict(queue_delay_us=-1), "queue_delay_us must be an integer >= 0"),
+        (dict(model_name="a/b"), "model name must be letters, digits"),
+        (dict(model_name='a"b'), "model name must be letters, digits"),
     ]:
         with pytest.raises(ValueError, match=message):
             triton_model_config(tmp_path / "batched.onnx", **options)
@@ -175,6 +188,9 @@ class StandInServer(BaseHTTPRequestHandler):
 
     def do_GET(self):
         config = self.model["config"]
+        if self.path == f"/v2/models/{config.name}/config":
+            self.reply({"name": config.name, "platform": config.platform, "max_batch_size": config.max_batch_size})
+            return
         assert self.path == f"/v2/models/{config.name}", self.path
         self.reply(
             {
@@ -193,9 +209,17 @@ class StandInServer(BaseHTTPRequestHandler):
         header_length = int(self.headers["Inference-Header-Content-Length"])
         request = json.loads(body[:header_length])
         offset, feeds = header_length, {}
-        for entry in request["inputs"]:
+        for entry, declared in zip(request["inputs"], self.tensors(config.input), strict=True):
+            shape = entry["shape"]
+            # Triton's own checks: the batch within max_batch_size, the other dims as configured.
+            batch_ok = config.max_batch_size == 0 or 1 <= shape[0] <= config.max_batch_size
+            dims = declared["shape"]
+            dims_ok = len(shape) == len(dims) and all(d in (-1, s) for d, s in zip(dims, shape, strict=True))
+            if entry["name"] != declared["name"] or not (batch_ok and dims_ok):
+                self.send_error(400, f"unexpected input {entry['name']} {shape}, configured {declared}")
+                return
             size = entry["parameters"]["binary_data_size"]
-            feeds[entry["name"]] = np.frombuffer(body[offset : offset + size], np.float32).reshape(entry["shape"])
+            feeds[entry["name"]] = np.frombuffer(body[offset : offset + size], np.float32).reshape(shape)
             offset += size
         names = [o["name"] for o in request["outputs"]]
         results = self.model["session"].run(names, feeds)
@@ -206,19 +230,23 @@ class StandInServer(BaseHTTPRequestHandler):
         self.reply({"model_name": config.name, "outputs": outputs}, b"".join(r.tobytes() for r in results))
 
 
-@pytest.fixture(scope="module")
-def server(repository):
-    """The stand-in server on a free local port, serving the repository's model."""
-    folder = repository / "flow"
+def serve(folder):
+    """The stand-in server on a free local port for the model in `folder` (config.pbtxt, 1/model.onnx)
+    -> (its address, the server to shut down)."""
     handler = type("Handler", (StandInServer,), {})
     handler.model = {
         "config": parse_config(folder / "config.pbtxt"),
         "session": onnxruntime.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"]),
     }
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{httpd.server_address[1]}"
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return f"127.0.0.1:{httpd.server_address[1]}", httpd
+
+
+@pytest.fixture(scope="module")
+def server(repository):
+    address, httpd = serve(repository / "flow")
+    yield address
     httpd.shutdown()
 
 
@@ -234,7 +262,45 @@ def test_client_gets_the_flow_of_the_served_graph(server, repository):
     assert triton_flow(*frames, url=server, model_name="flow").flow.shape == (1, 2, 128, 160)  # (H, W, 3) uint8
 
 
+def test_client_of_a_fixed_model_without_batching(tmp_path):
+    folder = tmp_path / "tiny"
+    (folder / "1").mkdir(parents=True)
+    tiny_graph(folder / "1" / "model.onnx", 1)
+    (folder / "config.pbtxt").write_text(triton_model_config(folder / "1" / "model.onnx", "tiny", max_batch_size=0))
+    address, httpd = serve(folder)
+    try:
+        image1, image2, _ = scene_tensors([0], 125, 160)  # padded to 128x160 by the client
+        flow = triton_flow(image1, image2, url=address, model_name="tiny").flow
+        assert flow.shape == (1, 2, 125, 160)
+        torch.testing.assert_close(flow, (image1 - image2)[:, :2])  # the tiny graph's "flow", cropped back
+        with pytest.raises(ValueError, match="model 'tiny' takes batches of 1, got 2 pair"):
+            triton_flow(torch.cat([image1] * 2), torch.cat([image2] * 2), url=address, model_name="tiny")
+        other = torch.full((1, 3, 136, 160), 128.0)
+        with pytest.raises(ValueError, match="model 'tiny' takes 128x160 images; images of 136x160 pad to 136x160"):
+            triton_flow(other, other, url=address, model_name="tiny")
+    finally:
+        httpd.shutdown()
+
+
+def test_failed_triton_exports_leave_the_repository_as_it_was(tmp_path, capsys):
+    repo = tmp_path / "models"
+    weights = tmp_path / "small.pth"
+    torch.save(synthetic_state_dict("official_small"), weights)
+    base = ["export", "--weights", str(weights), "--iters", "1", "--height", "128", "--width", "160"]
+    for options, message in [
+        (["--instances", "0"], "instances must be >= 1"),
+        (["--model-name", "a b"], "model name must be letters, digits"),
+        (["--max-batch-size", "-2"], "max_batch_size must be an integer >= 0"),
+    ]:
+        assert main([*base, "--triton-repository", str(repo), *options]) == 1
+        assert message in capsys.readouterr().err
+        assert not repo.exists()
+
+
 def test_client_refuses_what_the_served_graph_cannot_take(server):
+    pairs = torch.full((5, 3, 128, 128), 128.0)
+    with pytest.raises(ValueError, match="model 'flow' takes batches of up to 4 \\(max_batch_size\\), got 5"):
+        triton_flow(pairs, pairs, url=server, model_name="flow")
     image = torch.full((1, 3, 100, 170), 128.0)
     with pytest.raises(ValueError, match="model 'flow' takes sides from 128 to 8192; images of 100x170 pad to 104x176"):
         triton_flow(image, image, url=server, model_name="flow")
