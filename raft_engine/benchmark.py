@@ -305,10 +305,9 @@ def _ort_runner(model, config: BenchConfig, device: torch.device, workdir: Path)
         raise Unavailable(f"{config.backend} needs a GPU")
     if config.dtype == "bf16":
         raise Unavailable("the ONNX export is fp32 or fp16")
-    if config.corr != "volume":
-        raise Unavailable("the ONNX graph uses the dense correlation volume")
     height, width = Padder(config.height, config.width).padded_size
-    path = workdir / f"{config.variant}-{config.dtype}-b{config.batch}-{height}x{width}-{config.iters}.onnx"
+    name = f"{config.variant}-{config.dtype}-{config.corr}-b{config.batch}-{height}x{width}-{config.iters}.onnx"
+    path = workdir / name
     if not path.exists():
         export_onnx(
             model,
@@ -318,6 +317,7 @@ def _ort_runner(model, config: BenchConfig, device: torch.device, workdir: Path)
             width=width,
             batch=config.batch,
             dtype=config.dtype,
+            corr=config.corr,  # "volume" or "ondemand": the graph's correlation is the configuration's
             verify=False,
         )
     with warnings.catch_warnings():

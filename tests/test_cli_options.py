@@ -25,7 +25,7 @@ LIBRARY_CHOICES = {
 # Which commands take each option: a command losing one, or the test finding none, fails loudly.
 TAKEN_BY = {
     "backend": {"flow", "inspect", "evaluate"},
-    "corr": {"flow", "inspect", "evaluate"},
+    "corr": {"flow", "inspect", "evaluate", "export"},
     "padding": {"flow", "inspect", "evaluate"},
     "dtype": {"flow", "inspect", "evaluate"},
     "variant": {"flow"},
