@@ -8,7 +8,9 @@ batch 1, exported with corr="volume" (where the volume fits ONNX Runtime's 2^31-
 corr="ondemand". Each graph runs in its own process, so that the peak resident memory (ru_maxrss:
 session creation, the graph's weights and every run) is that graph's alone; latency is the median of
 --repeats runs after one warm-up run, with --threads intra-op threads. The two flows of each size are
-compared (relative L2 difference). Writes a JSON record per graph (--json) and prints a table.
+compared (relative L2 difference). --dynamic adds the on-demand graph exported with dynamic_size=True
+(traced at 256x320), run at the same size: what a graph for any size costs against a fixed-size one.
+Writes a JSON record per graph (--json) and prints a table.
 """
 
 from __future__ import annotations
@@ -56,13 +58,17 @@ def run_graph(path: str, height: int, width: int, repeats: int, threads: int, fl
     return {"latency_s": statistics.median(times), "runs_s": times, "peak_rss_gib": peak_kib / 2**20}
 
 
-def measure(corr: str, height: int, width: int, folder: Path, repeats: int, threads: int) -> dict:
+def measure(corr: str, height: int, width: int, folder: Path, repeats: int, threads: int, dynamic: bool) -> dict:
     torch.manual_seed(0)
-    path = folder / f"{corr}-{height}x{width}.onnx"
+    path = folder / f"{corr}-{height}x{width}{'-dynamic' if dynamic else ''}.onnx"
     start = time.perf_counter()
-    export_onnx(RAFT(RAFTConfig.large()).eval(), path, iters=ITERS, height=height, width=width, corr=corr, verify=False)
+    model = RAFT(RAFTConfig.large()).eval()
+    if dynamic:
+        export_onnx(model, path, iters=ITERS, dynamic_size=True, verify=False)
+    else:
+        export_onnx(model, path, iters=ITERS, height=height, width=width, corr=corr, verify=False)
     export_s = time.perf_counter() - start
-    flow_out = folder / f"{corr}-{height}x{width}.npy"
+    flow_out = path.with_suffix(".npy")
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); from onnx_memory import run_graph; "
         "print(json.dumps(run_graph(sys.argv[2], *map(int, sys.argv[3:7]), sys.argv[7])))"
@@ -73,6 +79,7 @@ def measure(corr: str, height: int, width: int, folder: Path, repeats: int, thre
     return {
         "variant": "large",
         "corr": corr,
+        "dynamic_size": dynamic,
         "height": height,
         "width": width,
         "iters": ITERS,
@@ -92,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per graph after a warm-up (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    parser.add_argument("--dynamic", action="store_true", help="also the dynamic-size on-demand graph")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the records here")
     args = parser.parse_args(argv)
     import onnxruntime
@@ -101,18 +109,21 @@ def main(argv: list[str] | None = None) -> None:
         folder = Path(tmp)
         for size in args.sizes.split(","):
             height, width = (int(v) for v in size.lower().split("x"))
-            modes = ["ondemand"]
+            modes = [("ondemand", False)]
             if dense_volume_elements(1, height, width) <= MAX_TENSOR_ELEMENTS:
-                modes.insert(0, "volume")
+                modes.insert(0, ("volume", False))
+            if args.dynamic:
+                modes.append(("ondemand", True))
             flows = {}
-            for corr in modes:
-                record = measure(corr, height, width, folder, args.repeats, args.threads)
-                flows[corr] = np.load(record.pop("flow"))
+            for corr, dynamic in modes:
+                record = measure(corr, height, width, folder, args.repeats, args.threads, dynamic)
+                flows[corr, dynamic] = np.load(record.pop("flow"))
+                if ("volume", False) in flows and corr == "ondemand":
+                    volume = flows["volume", False]
+                    difference = np.linalg.norm(flows[corr, dynamic] - volume) / np.linalg.norm(volume)
+                    record["relative_difference_vs_volume"] = float(difference)
                 records.append(record)
                 print(json.dumps(record), flush=True)
-            if len(flows) == 2:
-                difference = np.linalg.norm(flows["ondemand"] - flows["volume"]) / np.linalg.norm(flows["volume"])
-                records[-1]["relative_difference_vs_volume"] = float(difference)
     environment = {
         "machine": platform.processor() or platform.machine(),
         "cpus": __import__("os").cpu_count(),
@@ -123,11 +134,12 @@ def main(argv: list[str] | None = None) -> None:
     }
     for record in records:
         record.update(environment)
-    print(f"\n{'size':>10} {'corr':>9} {'peak GiB':>9} {'latency s':>10} {'export s':>9} {'vs volume':>10}")
+    print(f"\n{'size':>10} {'corr':>17} {'peak GiB':>9} {'latency s':>10} {'export s':>9} {'vs volume':>10}")
     for r in records:
         difference = r.get("relative_difference_vs_volume")
+        corr = r["corr"] + (" dynamic" if r["dynamic_size"] else "")
         print(
-            f"{r['height']}x{r['width']:<5} {r['corr']:>9} {r['peak_rss_gib']:9.2f} {r['latency_s']:10.1f} "
+            f"{r['height']}x{r['width']:<5} {corr:>17} {r['peak_rss_gib']:9.2f} {r['latency_s']:10.1f} "
             f"{r['export_s']:9.1f} {'' if difference is None else f'{difference:.1e}':>10}"
         )
     if args.json:
