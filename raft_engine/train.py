@@ -6,6 +6,12 @@ Resumable: the run's folder holds `checkpoint.pth` (model, optimizer, schedule, 
 bf16 autocast on CUDA; float32 on the CPU.
 
     python -m raft_engine.train RUN_DIR --steps 10000 --batch-size 6 --height 192 --width 256
+
+Scenes: `--scenes v1` (the generator the built-in model was first trained on) or `--scenes v2` (closer
+to natural footage, see `raft_engine.scenes.SceneStyle`), `--without` a comma-separated list of v2
+ingredients or groups to leave out (an ablation). `--init builtin` (or a weights path) starts from
+those weights instead of a random initialisation (fine-tuning). Validation during training is always
+on v1's held-out seeds at the training size, so runs with different scenes compare.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import torch
 
 from raft_engine.config import RAFTConfig
 from raft_engine.model import RAFT, coords_grid
-from raft_engine.scenes import TRAINING_SEED_START, scene_tensors
+from raft_engine.scenes import TRAINING_SEED_START, SceneStyle, scene_tensors
 
 SEEDS_PER_RUN = 10**9  # training seeds of run `seed`: TRAINING_SEED_START + seed * SEEDS_PER_RUN + k
 
@@ -55,12 +61,22 @@ class TrainConfig:
     validate_every: int = 500
     validation_pairs: int = 16
     threads: int = 0  # torch CPU threads; 0 leaves PyTorch's default
+    scenes: str = "v1"  # the scene generator's style: "v1" or "v2" (raft_engine.scenes.SceneStyle)
+    without: str = ""  # v2 ingredients or groups left out, comma-separated (e.g. "blur,jpeg" or "textures")
+    init: str = ""  # start from these weights ("builtin" or a path) instead of a random initialisation
 
     def __post_init__(self) -> None:
+        self.style()  # refuses an unknown style or ingredient now, not at the first batch
         if self.height % 8 or self.width % 8:
             raise ValueError(f"training size must be a multiple of 8, got {self.height}x{self.width}")
         if self.steps < 1 or self.batch_size < 1 or self.iters < 1:
             raise ValueError("steps, batch_size and iters must be >= 1")
+        minimum = RAFTConfig.from_variant(self.variant).min_image_size
+        if min(self.height, self.width) < minimum:  # smaller: the coarsest correlation level has 1 cell, NaN loss
+            raise ValueError(f"training size must be at least {minimum}x{minimum}, got {self.height}x{self.width}")
+
+    def style(self) -> SceneStyle:
+        return SceneStyle.parse(self.scenes, self.without)
 
 
 def sequence_loss(
@@ -107,10 +123,17 @@ def training_predictions(
     return predictions
 
 
-def scene_batch(seeds: list[int], height: int, width: int, max_displacement: float, device: torch.device):
+def scene_batch(
+    seeds: list[int],
+    height: int,
+    width: int,
+    max_displacement: float,
+    device: torch.device,
+    style: SceneStyle | None = None,
+):
     """-> image1, image2 (B, 3, H, W) float 0..255 and flow (B, 2, H, W), on `device`.
-    max_displacement: as a fraction of the width."""
-    return tuple(t.to(device) for t in scene_tensors(seeds, height, width, max_displacement * width))
+    max_displacement: as a fraction of the width. style: None is v1."""
+    return tuple(t.to(device) for t in scene_tensors(seeds, height, width, max_displacement * width, style=style))
 
 
 @torch.no_grad()
@@ -142,7 +165,13 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | torch.d
     checkpoint_path = run_dir / "checkpoint.pth"
 
     torch.manual_seed(config.seed)
-    model = RAFT(RAFTConfig.from_variant(config.variant)).to(where).train()
+    model = RAFT(RAFTConfig.from_variant(config.variant))
+    if config.init:
+        from raft_engine.weights import load_model
+
+        model.load_state_dict(load_model(config.init, variant=config.variant).state_dict())
+    model = model.to(where).train()
+    style = config.style()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=config.epsilon
     )
@@ -179,6 +208,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | torch.d
                 config.width,
                 config.max_displacement,
                 where,
+                style,
             )
             predictions = training_predictions(model, image1, image2, config.iters, autocast)
             loss, metrics = sequence_loss([p.float() for p in predictions], flow, config.gamma, config.max_flow)
@@ -223,6 +253,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | torch.d
         "device": torch.cuda.get_device_name(where) if where.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "training_seeds": f"{TRAINING_SEED_START + config.seed * SEEDS_PER_RUN} + k, k < {step * config.batch_size}",
+        "scene_style": dataclasses.asdict(style),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return model.eval()
@@ -241,10 +272,15 @@ def held_out_epe(model: RAFT, device="cpu", seeds=None) -> float:
 
 
 def package(
-    run_dir: str | os.PathLike, destination: str | os.PathLike, dtype: torch.dtype = torch.float16, notes=None
+    run_dir: str | os.PathLike,
+    destination: str | os.PathLike,
+    dtype: torch.dtype = torch.float16,
+    notes=None,
+    real_images: dict | None = None,
 ) -> dict:
     """Write a finished run's weights (as `dtype`) and its record (with `notes`) to
-    destination/builtin-small.{pth,json}."""
+    destination/builtin-small.{pth,json}. real_images: results of benchmarks/real_flow.py (its JSON)
+    for these weights, recorded under "real_images" when given."""
     run_dir, destination = Path(run_dir), Path(destination)
     state = torch.load(run_dir / "checkpoint.pth", map_location="cpu", weights_only=True)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -263,6 +299,7 @@ def package(
         "stored_dtype": str(dtype).removeprefix("torch."),
         "held_out": {**HELD_OUT, "epe": round(held_out_epe(model.eval()), 4)},
         "validation_epe": [{"step": r["step"], "epe": round(r["val_epe"], 4)} for r in log if "val_epe" in r],
+        **({"real_images": real_images} if real_images is not None else {}),
         **(notes or {}),
     }
     (destination / "builtin-small.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -274,6 +311,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", help="folder for the checkpoint and the log; an existing run resumes")
     parser.add_argument("--device", default=None)
     parser.add_argument("--package", metavar="DIR", help="when the run is complete, write DIR/builtin-small.{pth,json}")
+    parser.add_argument(
+        "--real-images", metavar="JSON", help="with --package: benchmarks/real_flow.py's --json output, recorded"
+    )
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         parser.add_argument(flag, type=type(field.default), default=field.default)
@@ -282,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     train(TrainConfig(**values), args.run_dir, args.device)
     if args.package:
         command = "python -m raft_engine.train " + shlex.join(sys.argv[1:] if argv is None else argv)
-        record = package(args.run_dir, args.package, notes={"command": command})
+        real_images = json.loads(Path(args.real_images).read_text()) if args.real_images else None
+        record = package(args.run_dir, args.package, notes={"command": command}, real_images=real_images)
         print(f"wrote {args.package}/builtin-small.pth; held-out EPE {record['held_out']['epe']} px")
 
 

@@ -128,3 +128,51 @@ def test_command_line_trains_and_packages(tmp_path, capsys, small_held_out):
     assert record["config"]["height"] == 128 and record["steps"] == 1
     assert record["held_out"] == {**small_held_out, "epe": packaged_epe(tmp_path / "out" / "builtin-small.pth")}
     assert f"held-out EPE {record['held_out']['epe']} px" in capsys.readouterr().out
+
+
+def test_scene_style_and_init_are_configuration(tmp_path, monkeypatch):
+    """--scenes/--without choose the generator's style for every training batch and are recorded;
+    --init starts from given weights (with lr 0 the weights stay exactly those)."""
+    from raft_engine import load_model
+    from raft_engine.scenes import SceneStyle
+
+    seen = []
+    original = training.scene_tensors
+
+    def recording(seeds, height, width, max_displacement=None, style=None):
+        seen.append(style)
+        return original(seeds, height, width, max_displacement, style=style)
+
+    monkeypatch.setattr(training, "scene_tensors", recording)
+    config = TrainConfig(steps=1, batch_size=1, height=128, width=128, iters=1, lr=0.0, validation_pairs=1, threads=1,
+                         scenes="v2", without="blur,textures", init="builtin")  # fmt: skip
+    model = train(config, tmp_path, device="cpu")
+    expected = SceneStyle.v2().without("blur", "textures")
+    assert seen[0] == expected and not expected.blur and not expected.photos and expected.camera
+    assert all(style is None or style.is_v1 for style in seen[1:])  # validation: v1's held-out seeds
+    builtin = load_model("builtin")
+    for key, value in builtin.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["config"]["scenes"] == "v2" and summary["config"]["without"] == "blur,textures"
+    assert summary["config"]["init"] == "builtin" and summary["scene_style"]["blur"] is False
+    assert summary["scene_style"]["camera"] is True
+    with pytest.raises(ValueError, match="unknown scene ingredient 'fog'"):
+        TrainConfig(scenes="v2", without="fog")
+    # 64x64 trained to a NaN loss at step 1 (a 1x1 coarsest correlation level): refused up front.
+    with pytest.raises(ValueError, match="at least 128x128, got 64x64"):
+        TrainConfig(height=64, width=64)
+
+
+def test_package_records_real_image_results(tmp_path, small_held_out):
+    from raft_engine.train import main
+
+    results = {"methods": {"builtin": {"photos": {"epe": 1.5}}}}
+    (tmp_path / "real.json").write_text(json.dumps(results))
+    args = [str(tmp_path / "run"), "--steps", "1", "--batch-size", "1", "--height", "128", "--width", "128",
+            "--iters", "1", "--validation-pairs", "1", "--device", "cpu", "--scenes", "v2", "--without", "blur",
+            "--package", str(tmp_path / "out"), "--real-images", str(tmp_path / "real.json")]  # fmt: skip
+    main(args)
+    record = json.loads((tmp_path / "out" / "builtin-small.json").read_text())
+    assert record["real_images"] == results
+    assert record["config"]["scenes"] == "v2" and record["scene_style"]["blur"] is False
