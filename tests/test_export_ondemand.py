@@ -74,7 +74,7 @@ def test_ondemand_fp16_graph_is_within_the_half_precision_tolerance(small_graphs
     image1, image2, _ = scene_tensors([4], 128, 160)
     flow = OrtFlowSession(small_graphs["ondemand", "fp16"].path, providers="cpu").estimate(image1, image2).flow
     error = rel_error(flow, engine_flow(official_small, image1, image2, "volume"))
-    # Half precision's error, measured 1.2e-3 here: under the fp16 tolerance and over float32's 1e-5.
+    # Half precision's error, measured 1.1e-3 here: under the fp16 tolerance and over float32's 1e-5.
     assert 1e-5 < error < TOLERANCE["fp16"]
 
 
