@@ -7,6 +7,11 @@ bf16 autocast on CUDA; float32 on the CPU.
 
     python -m raft_engine.train RUN_DIR --steps 10000 --batch-size 6 --height 192 --width 256
 
+`--workers N` generates the batches in N processes ahead of the model (the generator runs on the
+CPU: 0.38 s a pair at 288x384, so a GPU step waits on data without them); the batches are the same
+with any N. `--time-limit SECONDS` checkpoints and stops after the step that reaches the limit, so a
+long run proceeds in bounded calls: run the same command again to continue.
+
 Scenes: `--scenes v1` (the generator the built-in model was first trained on) or `--scenes v2` (closer
 to natural footage, see `raft_engine.scenes.SceneStyle`), `--without` a comma-separated list of v2
 ingredients or groups to leave out (an ablation). `--init builtin` (or a weights path) starts from
@@ -150,18 +155,82 @@ def evaluate(model: RAFT, seeds, height: int, width: int, iters: int, device, ma
     return float(np.mean(errors))
 
 
+class TrainingBatches(torch.utils.data.Dataset):
+    """Batch `step` (0-based) of a run, on the CPU: a function of the step alone, so any process can
+    make any batch and a resumed or parallel run sees the same data."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.style = config.style()
+
+    def __len__(self) -> int:
+        return self.config.steps
+
+    def seeds(self, step: int) -> list[int]:
+        first = TRAINING_SEED_START + self.config.seed * SEEDS_PER_RUN + step * self.config.batch_size
+        return list(range(first, first + self.config.batch_size))
+
+    def __getitem__(self, step: int):
+        config = self.config
+        return scene_batch(
+            self.seeds(step), config.height, config.width, config.max_displacement, torch.device("cpu"), self.style
+        )
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)  # each worker makes whole batches; N workers use N cores
+
+
+def _batches(dataset: TrainingBatches, start: int, workers: int, pin_memory: bool):
+    """Batches start, start + 1, ... in order; made in `workers` processes when > 0."""
+    steps = range(start, len(dataset))
+    if workers == 0:
+        return (dataset[step] for step in steps)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,  # an item is already a whole batch
+        sampler=steps,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        worker_init_fn=_one_thread,
+        prefetch_factor=2,
+    )
+    return iter(loader)
+
+
 def _save_atomically(obj, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
-def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | torch.device | None = None) -> RAFT:
+def train(
+    config: TrainConfig,
+    run_dir: str | os.PathLike,
+    device: str | torch.device | None = None,
+    workers: int = 0,
+    time_limit: float | None = None,
+) -> RAFT:
+    """Train (or resume) the run in `run_dir` to config.steps, or until `time_limit` seconds of this
+    call have passed: then the step that reached the limit is checkpointed and the call returns the
+    model without writing summary.json (`run_finished` tells which). `workers`: processes making
+    batches ahead of the model (0: in this process); it changes nothing in the result."""
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit}")
+    called = time.monotonic()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if config.threads:
         torch.set_num_threads(config.threads)
+    if where.type == "cuda":
+        # The correlation volume is float32 (autocast covers the convolutions only): TF32 matmuls
+        # for it, and cuDNN's per-shape algorithm search, since every batch has one shape.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     checkpoint_path = run_dir / "checkpoint.pth"
 
     torch.manual_seed(config.seed)
@@ -198,18 +267,25 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | torch.d
     if log_path.is_file():  # steps after the last checkpoint are redone: drop their lines
         kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
         log_path.write_text("".join(line + "\n" for line in kept))
+    batches = _batches(TrainingBatches(config), step, workers, pin_memory=where.type == "cuda")
+
+    def save() -> None:
+        _save_atomically(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "step": step,
+                "elapsed": elapsed,
+                "config": dataclasses.asdict(config),
+            },
+            checkpoint_path,
+        )
+
     with open(log_path, "a") as log:
         while step < config.steps:
             start = time.perf_counter()
-            first = TRAINING_SEED_START + config.seed * SEEDS_PER_RUN + step * config.batch_size
-            image1, image2, flow = scene_batch(
-                list(range(first, first + config.batch_size)),
-                config.height,
-                config.width,
-                config.max_displacement,
-                where,
-                style,
-            )
+            image1, image2, flow = (t.to(where, non_blocking=True) for t in next(batches))
             predictions = training_predictions(model, image1, image2, config.iters, autocast)
             loss, metrics = sequence_loss([p.float() for p in predictions], flow, config.gamma, config.max_flow)
             optimizer.zero_grad(set_to_none=True)
@@ -234,18 +310,11 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | torch.d
                 raise FloatingPointError(f"training diverged at step {step}: {record}")
             log.write(json.dumps(record) + "\n")
             log.flush()
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                _save_atomically(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                        "step": step,
-                        "elapsed": elapsed,
-                        "config": dataclasses.asdict(config),
-                    },
-                    checkpoint_path,
-                )
+            out_of_time = time_limit is not None and time.monotonic() - called >= time_limit
+            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
+                save()
+            if out_of_time and step < config.steps:
+                return model.eval()
     summary = {
         "config": dataclasses.asdict(config),
         "steps": step,
@@ -257,6 +326,11 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, device: str | torch.d
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return model.eval()
+
+
+def run_finished(run_dir: str | os.PathLike) -> bool:
+    """Whether the run in `run_dir` has reached its last step (its summary.json is written then)."""
+    return (Path(run_dir) / "summary.json").is_file()
 
 
 # The held-out set the built-in model is judged on: seeds the training never draws, at 384x512 where
@@ -279,19 +353,18 @@ def package(
     real_images: dict | None = None,
 ) -> dict:
     """Write a finished run's weights (as `dtype`) and its record (with `notes`) to
-    destination/builtin-small.{pth,json}. real_images: results of benchmarks/real_flow.py (its JSON)
-    for these weights, recorded under "real_images" when given."""
+    destination/builtin-VARIANT.{pth,json} (VARIANT: the run's, small or large). real_images: results
+    of benchmarks/real_flow.py (its JSON) for these weights, recorded under "real_images" when given."""
     run_dir, destination = Path(run_dir), Path(destination)
     state = torch.load(run_dir / "checkpoint.pth", map_location="cpu", weights_only=True)
     summary = json.loads((run_dir / "summary.json").read_text())
     if state["step"] != state["config"]["steps"]:
         raise ValueError(f"{run_dir} stopped at step {state['step']} of {state['config']['steps']}; finish it first")
-    if state["config"]["variant"] != "small":
-        raise ValueError(f"the built-in model is a RAFT-small; {run_dir} trained RAFT-{state['config']['variant']}")
+    variant = state["config"]["variant"]
     weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state["model"].items()}
     destination.mkdir(parents=True, exist_ok=True)
-    torch.save(weights, destination / "builtin-small.pth")
-    model = RAFT(RAFTConfig.from_variant(state["config"]["variant"]))
+    torch.save(weights, destination / f"builtin-{variant}.pth")
+    model = RAFT(RAFTConfig.from_variant(variant))
     model.load_state_dict(weights)  # as the package will load them: stored dtype, into float32
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     record = {
@@ -302,7 +375,7 @@ def package(
         **({"real_images": real_images} if real_images is not None else {}),
         **(notes or {}),
     }
-    (destination / "builtin-small.json").write_text(json.dumps(record, indent=2) + "\n")
+    (destination / f"builtin-{variant}.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -310,7 +383,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m raft_engine.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="folder for the checkpoint and the log; an existing run resumes")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--package", metavar="DIR", help="when the run is complete, write DIR/builtin-small.{pth,json}")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="processes generating batches ahead of the model (default 0: none)"
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="checkpoint and stop after the step that reaches this many seconds; the same command continues",
+    )
+    parser.add_argument(
+        "--package", metavar="DIR", help="when the run is complete, write DIR/builtin-VARIANT.{pth,json}"
+    )
     parser.add_argument(
         "--real-images", metavar="JSON", help="with --package: benchmarks/real_flow.py's --json output, recorded"
     )
@@ -319,12 +403,20 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(flag, type=type(field.default), default=field.default)
     args = parser.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    train(TrainConfig(**values), args.run_dir, args.device)
+    try:
+        config = TrainConfig(**values)
+    except ValueError as error:
+        parser.error(str(error))
+    real_images = json.loads(Path(args.real_images).read_text()) if args.real_images else None
+    train(config, args.run_dir, args.device, workers=args.workers, time_limit=args.time_limit)
+    if not run_finished(args.run_dir):
+        step = torch.load(Path(args.run_dir) / "checkpoint.pth", map_location="cpu", weights_only=True)["step"]
+        print(f"stopped at step {step} of {config.steps} (time limit); run the same command again to continue")
+        return
     if args.package:
         command = "python -m raft_engine.train " + shlex.join(sys.argv[1:] if argv is None else argv)
-        real_images = json.loads(Path(args.real_images).read_text()) if args.real_images else None
         record = package(args.run_dir, args.package, notes={"command": command}, real_images=real_images)
-        print(f"wrote {args.package}/builtin-small.pth; held-out EPE {record['held_out']['epe']} px")
+        print(f"wrote {args.package}/builtin-{config.variant}.pth; held-out EPE {record['held_out']['epe']} px")
 
 
 if __name__ == "__main__":

@@ -122,23 +122,32 @@ PRESETS: dict[str, WeightsPreset] = {
 
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
-# The project's own RAFT-small, trained on generated scenes (raft_engine.scenes); how it was
-# trained is recorded beside it in builtin-small.json.
+# The project's own models, trained on generated scenes (raft_engine.scenes) by raft_engine.train
+# and stored as data/builtin-VARIANT.pth, with how they were trained in data/builtin-VARIANT.json.
+# "builtin" is the RAFT-small, which every installation has.
 BUILTIN = "builtin"
+BUILTIN_NAMES = {BUILTIN: "small", "builtin-small": "small", "builtin-large": "large"}
+BUILTIN_DIR = Path(__file__).parent / "data"
 
 
-def builtin_path() -> Path:
-    path = Path(__file__).parent / "data" / "builtin-small.pth"
+def builtin_path(variant: str = "small") -> Path:
+    path = BUILTIN_DIR / f"builtin-{variant}.pth"
     if not path.is_file():
-        raise FileNotFoundError(f"the built-in weights are missing from this installation ({path})")
+        if variant == "small":
+            raise FileNotFoundError(f"the built-in weights are missing from this installation ({path})")
+        shipped = sorted(p.stem for p in path.parent.glob("builtin-*.pth"))
+        raise FileNotFoundError(
+            f"this version of raft_engine ships no built-in RAFT-{variant} (no {path.name}); "
+            f"built-in weights shipped: {', '.join(shipped) or 'none'}"
+        )
     return path
 
 
-def builtin_record() -> dict:
+def builtin_record(variant: str = "small") -> dict:
     """How the built-in weights were trained: data seeds, steps, time, device, held-out EPE."""
     import json
 
-    return json.loads((Path(__file__).parent / "data" / "builtin-small.json").read_text())
+    return json.loads(builtin_path(variant).with_suffix(".json").read_text())
 
 
 def cache_dir() -> Path:
@@ -441,21 +450,22 @@ def load_model(source: str | os.PathLike | Mapping[str, torch.Tensor], variant: 
     source: a checkpoint path (.pth/.pt; .safetensors with the `safetensors` package), a state dict
         in the published layout (with or without 'module.') or torchvision's, "builtin" (the
         RAFT-small shipped in the package, trained by this project on generated scenes; works
-        offline), or a preset name from `PRESETS` (downloaded into the cache on first use).
+        offline; also "builtin-small", and "builtin-large" where a version ships one), or a
+        preset name from `PRESETS` (downloaded into the cache on first use).
     variant: "large" or "small"; inferred from the shapes when None, checked against them otherwise.
     """
     if isinstance(source, Mapping):
         state_dict = _as_state_dict(source, "state dict")
     else:
         path = Path(source)
-        if not path.is_file() and source == BUILTIN:
-            path = builtin_path()
+        if not path.is_file() and isinstance(source, str) and source in BUILTIN_NAMES:
+            path = builtin_path(BUILTIN_NAMES[source])
         elif not path.is_file() and isinstance(source, str) and source in PRESETS:
             path = fetch_preset(source)
         elif not path.is_file():
             raise FileNotFoundError(
                 f"no checkpoint file {str(source)!r}, and it is not a weights name either "
-                f"({BUILTIN!r}, or a preset: {', '.join(PRESETS)})"
+                f"({', '.join(map(repr, BUILTIN_NAMES))}, or a preset: {', '.join(PRESETS)})"
             )
         state_dict = read_checkpoint(path)
     variant, state_dict = to_native(state_dict, variant)

@@ -176,3 +176,69 @@ def test_package_records_real_image_results(tmp_path, small_held_out):
     record = json.loads((tmp_path / "out" / "builtin-small.json").read_text())
     assert record["real_images"] == results
     assert record["config"]["scenes"] == "v2" and record["scene_style"]["blur"] is False
+
+
+def test_workers_and_time_limit_change_nothing_in_the_result(tmp_path):
+    """Batches made in worker processes are the batches made in-process, and a run stopped by its
+    time limit and continued ends where an uninterrupted run ends, bit for bit."""
+    from raft_engine.train import run_finished
+
+    config = TrainConfig(steps=3, batch_size=2, height=128, width=128, iters=1, validation_pairs=1, threads=1,
+                         scenes="v2")  # fmt: skip
+    reference = train(config, tmp_path / "straight", device="cpu")
+    assert run_finished(tmp_path / "straight")
+
+    train(config, tmp_path / "split", device="cpu", workers=2, time_limit=1e-9)  # stops after the first step
+    assert not run_finished(tmp_path / "split")
+    assert torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)["step"] == 1
+    resumed = train(config, tmp_path / "split", device="cpu", workers=1)
+    assert run_finished(tmp_path / "split")
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    logged = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    straight = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 3]
+    assert [r["loss"] for r in logged] == [r["loss"] for r in straight]
+
+    with pytest.raises(ValueError, match="workers must be >= 0, got -1"):
+        train(config, tmp_path / "bad", device="cpu", workers=-1)
+    with pytest.raises(ValueError, match="time_limit must be a positive number of seconds, got 0"):
+        train(config, tmp_path / "bad", device="cpu", time_limit=0)
+
+
+def test_command_line_time_limit_stops_without_packaging(tmp_path, capsys, small_held_out):
+    from raft_engine.train import main
+
+    args = [str(tmp_path / "run"), "--steps", "2", "--batch-size", "1", "--height", "128", "--width", "128",
+            "--iters", "1", "--validation-pairs", "1", "--device", "cpu", "--time-limit", "1e-9",
+            "--package", str(tmp_path / "out")]  # fmt: skip
+    main(args)
+    assert "stopped at step 1 of 2 (time limit); run the same command again" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+    main(args)  # the second call does step 2 (the limit is reached by then too) and packages
+    assert json.loads((tmp_path / "out" / "builtin-small.json").read_text())["steps"] == 2
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "run2"), "--height", "100"])
+    assert "training size must be a multiple of 8, got 100x256" in capsys.readouterr().err
+
+
+def test_a_packaged_large_model_loads_as_builtin_large(tmp_path, monkeypatch, small_held_out):
+    import raft_engine.weights as weights
+    from raft_engine import load_model
+    from raft_engine.train import package
+
+    monkeypatch.setattr(weights, "BUILTIN_DIR", tmp_path / "data")
+    with pytest.raises(FileNotFoundError, match="ships no built-in RAFT-large .no builtin-large.pth.; .*: none"):
+        load_model("builtin-large")
+    config = TrainConfig(variant="large", steps=1, batch_size=1, height=128, width=128, iters=1, validation_pairs=1,
+                         threads=1)  # fmt: skip
+    trained = train(config, tmp_path / "run", device="cpu")
+    record = package(tmp_path / "run", tmp_path / "data")
+    assert record["config"]["variant"] == "large" and weights.builtin_record("large") == record
+    packaged = load_model("builtin-large")
+    assert packaged.config.variant == "large"
+    for key, value in trained.state_dict().items():  # float tensors stored as float16; BatchNorm's counts as they are
+        expected = value.half().float() if value.is_floating_point() else value
+        torch.testing.assert_close(packaged.state_dict()[key], expected, rtol=0, atol=0, msg=key)
+    with pytest.raises(FileNotFoundError, match="built-in weights are missing"):
+        load_model("builtin")  # this data folder holds the large model only
