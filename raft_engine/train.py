@@ -286,6 +286,7 @@ def train(
         while step < config.steps:
             start = time.perf_counter()
             image1, image2, flow = (t.to(where, non_blocking=True) for t in next(batches))
+            waited = time.perf_counter() - start  # > 0 with workers: the model outpaces the generator
             predictions = training_predictions(model, image1, image2, config.iters, autocast)
             loss, metrics = sequence_loss([p.float() for p in predictions], flow, config.gamma, config.max_flow)
             optimizer.zero_grad(set_to_none=True)
@@ -301,6 +302,7 @@ def train(
                 "grad_norm": grad_norm,
                 "lr": schedule.get_last_lr()[0],
                 "elapsed_s": round(elapsed, 1),
+                "data_s": round(waited, 4),
             }
             if step % config.validate_every == 0 or step == config.steps:
                 record["val_epe"] = evaluate(
