@@ -8,7 +8,8 @@ bf16 autocast on CUDA; float32 on the CPU.
     python -m raft_engine.train RUN_DIR --steps 10000 --batch-size 6 --height 192 --width 256
 
 `--workers N` generates the batches in N processes ahead of the model (the generator runs on the
-CPU: 0.38 s a pair at 288x384, so a GPU step waits on data without them); the batches are the same
+CPU: 0.38 s a pair at 288x384 for v2 scenes without textures and degradations, so a GPU step waits
+on data without them); the batches are the same
 with any N. `--time-limit SECONDS` checkpoints and stops after the step that reaches the limit, so a
 long run proceeds in bounded calls: run the same command again to continue.
 
@@ -157,7 +158,8 @@ def evaluate(model: RAFT, seeds, height: int, width: int, iters: int, device, ma
 
 class TrainingBatches(torch.utils.data.Dataset):
     """Batch `step` (0-based) of a run, on the CPU: a function of the step alone, so any process can
-    make any batch and a resumed or parallel run sees the same data."""
+    make any batch and a resumed or parallel run sees the same data. Images travel as uint8 (they are
+    whole numbers 0..255): 2.3x less to pass between processes and to copy to the device than float32."""
 
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -170,38 +172,56 @@ class TrainingBatches(torch.utils.data.Dataset):
         first = TRAINING_SEED_START + self.config.seed * SEEDS_PER_RUN + step * self.config.batch_size
         return list(range(first, first + self.config.batch_size))
 
-    def __getitem__(self, step: int):
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         config = self.config
-        return scene_batch(
+        image1, image2, flow = scene_batch(
             self.seeds(step), config.height, config.width, config.max_displacement, torch.device("cpu"), self.style
         )
-
-
-def _one_thread(_worker: int) -> None:
-    torch.set_num_threads(1)  # each worker makes whole batches; N workers use N cores
+        return image1.to(torch.uint8), image2.to(torch.uint8), flow
 
 
 def _batches(dataset: TrainingBatches, start: int, workers: int, pin_memory: bool):
-    """Batches start, start + 1, ... in order; made in `workers` processes when > 0."""
+    """Batches start, start + 1, ... in order; made in `workers` processes when > 0 (each worker
+    runs one torch thread, as the DataLoader sets). Closing the generator lets the workers go."""
     steps = range(start, len(dataset))
-    if workers == 0:
-        return (dataset[step] for step in steps)
+    if workers == 0 or not steps:
+        yield from (dataset[step] for step in steps)
+        return
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=None,  # an item is already a whole batch
         sampler=steps,
         num_workers=workers,
         pin_memory=pin_memory,
-        worker_init_fn=_one_thread,
         prefetch_factor=2,
     )
-    return iter(loader)
+    yield from loader
 
 
 def _save_atomically(obj, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _cuda_training_flags(where: torch.device):
+    """On CUDA, for the length of the training: TF32 matmuls for the float32 correlation volume
+    (autocast covers the convolutions only) and cuDNN's per-shape algorithm search, since every batch
+    has one shape. The process's settings are restored afterwards."""
+    if where.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
+
+
+def _device_name(where: torch.device) -> str:
+    return torch.cuda.get_device_name(where) if where.type == "cuda" else platform.processor() or "cpu"
 
 
 def train(
@@ -214,7 +234,11 @@ def train(
     """Train (or resume) the run in `run_dir` to config.steps, or until `time_limit` seconds of this
     call have passed: then the step that reached the limit is checkpointed and the call returns the
     model without writing summary.json (`run_finished` tells which). `workers`: processes making
-    batches ahead of the model (0: in this process); it changes nothing in the result."""
+    batches ahead of the model (0: in this process); the batches are the same for any count, and so
+    is the result on the CPU (on CUDA, cuDNN's algorithm search is not bit-reproducible anyway).
+
+    Each call is recorded in the checkpoint (device, torch version, steps, seconds), so the summary
+    of a run made in several calls, on several machines, names them all."""
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     if time_limit is not None and not time_limit > 0:
@@ -225,13 +249,7 @@ def train(
     where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if config.threads:
         torch.set_num_threads(config.threads)
-    if where.type == "cuda":
-        # The correlation volume is float32 (autocast covers the convolutions only): TF32 matmuls
-        # for it, and cuDNN's per-shape algorithm search, since every batch has one shape.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    checkpoint_path = run_dir / "checkpoint.pth"
+    checkpoint_path, summary_path = run_dir / "checkpoint.pth", run_dir / "summary.json"
 
     torch.manual_seed(config.seed)
     model = RAFT(RAFTConfig.from_variant(config.variant))
@@ -240,7 +258,6 @@ def train(
 
         model.load_state_dict(load_model(config.init, variant=config.variant).state_dict())
     model = model.to(where).train()
-    style = config.style()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=config.epsilon
     )
@@ -252,7 +269,7 @@ def train(
         cycle_momentum=False,
         anneal_strategy="linear",
     )
-    step, elapsed = 0, 0.0
+    step, elapsed, calls = 0, 0.0, []
     if checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=where, weights_only=True)
         if state["config"] != dataclasses.asdict(config):
@@ -260,16 +277,27 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        step, elapsed = state["step"], state["elapsed"]
+        step, elapsed, calls = state["step"], state["elapsed"], state.get("calls", [])
+    if step == config.steps and summary_path.is_file():
+        return model.eval()  # finished earlier: its summary names the machines that trained it
+    summary_path.unlink(missing_ok=True)  # left by an earlier run in this folder whose checkpoint is gone
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=where.type == "cuda")
     log_path = run_dir / "log.jsonl"
     if log_path.is_file():  # steps after the last checkpoint are redone: drop their lines
         kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
         log_path.write_text("".join(line + "\n" for line in kept))
+    call: dict[str, Any] = {
+        "device": _device_name(where),
+        "torch": str(torch.__version__),
+        "steps": [step, step],
+        "seconds": 0.0,
+    }
+    calls = [*calls, call]
     batches = _batches(TrainingBatches(config), step, workers, pin_memory=where.type == "cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=where.type == "cuda")
 
     def save() -> None:
+        call["steps"][1], call["seconds"] = step, round(time.monotonic() - called, 1)
         _save_atomically(
             {
                 "model": model.state_dict(),
@@ -278,15 +306,17 @@ def train(
                 "step": step,
                 "elapsed": elapsed,
                 "config": dataclasses.asdict(config),
+                "calls": calls,
             },
             checkpoint_path,
         )
 
-    with open(log_path, "a") as log:
+    with _cuda_training_flags(where), open(log_path, "a") as log, contextlib.closing(batches):
         while step < config.steps:
             start = time.perf_counter()
             image1, image2, flow = (t.to(where, non_blocking=True) for t in next(batches))
             waited = time.perf_counter() - start  # > 0 with workers: the model outpaces the generator
+            image1, image2 = image1.float(), image2.float()
             predictions = training_predictions(model, image1, image2, config.iters, autocast)
             loss, metrics = sequence_loss([p.float() for p in predictions], flow, config.gamma, config.max_flow)
             optimizer.zero_grad(set_to_none=True)
@@ -295,13 +325,15 @@ def train(
             optimizer.step()
             schedule.step()
             step += 1
-            elapsed += time.perf_counter() - start
+            took = time.perf_counter() - start
+            elapsed += took
             record = {
                 "step": step,
                 **metrics,
                 "grad_norm": grad_norm,
                 "lr": schedule.get_last_lr()[0],
                 "elapsed_s": round(elapsed, 1),
+                "step_s": round(took, 4),
                 "data_s": round(waited, 4),
             }
             if step % config.validate_every == 0 or step == config.steps:
@@ -317,17 +349,25 @@ def train(
                 save()
             if out_of_time and step < config.steps:
                 return model.eval()
+    _write_summary(summary_path, config, step, elapsed, calls)
+    return model.eval()
+
+
+def _write_summary(path: Path, config: TrainConfig, step: int, elapsed: float, calls: list[dict]) -> None:
+    def unique(key: str) -> str:  # the machines (or torch versions) of the calls, in order, once each
+        return ", ".join(dict.fromkeys(c[key] for c in calls))
+
     summary = {
         "config": dataclasses.asdict(config),
         "steps": step,
         "training_seconds": round(elapsed, 1),
-        "device": torch.cuda.get_device_name(where) if where.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__,
+        "device": unique("device"),
+        "torch": unique("torch"),
+        "calls": calls,
         "training_seeds": f"{TRAINING_SEED_START + config.seed * SEEDS_PER_RUN} + k, k < {step * config.batch_size}",
-        "scene_style": dataclasses.asdict(style),
+        "scene_style": dataclasses.asdict(config.style()),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return model.eval()
+    path.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def run_finished(run_dir: str | os.PathLike) -> bool:
@@ -409,6 +449,12 @@ def main(argv: list[str] | None = None) -> None:
         config = TrainConfig(**values)
     except ValueError as error:
         parser.error(str(error))
+    if args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
+    if args.time_limit is not None and not args.time_limit > 0:
+        parser.error(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
+    if args.real_images and not args.package:
+        parser.error("--real-images is recorded by --package; give both")
     real_images = json.loads(Path(args.real_images).read_text()) if args.real_images else None
     train(config, args.run_dir, args.device, workers=args.workers, time_limit=args.time_limit)
     if not run_finished(args.run_dir):

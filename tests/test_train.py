@@ -187,11 +187,18 @@ def test_workers_and_time_limit_change_nothing_in_the_result(tmp_path):
                          scenes="v2")  # fmt: skip
     reference = train(config, tmp_path / "straight", device="cpu")
     assert run_finished(tmp_path / "straight")
+    # The batches carry images as uint8: exactly the generator's float images (whole numbers 0..255).
+    from raft_engine.train import TrainingBatches, scene_batch
+
+    batches = TrainingBatches(config)
+    made = scene_batch(batches.seeds(1), 128, 128, config.max_displacement, torch.device("cpu"), config.style())
+    for carried, generated in zip(batches[1], made, strict=True):
+        torch.testing.assert_close(carried.float(), generated, rtol=0, atol=0)
 
     train(config, tmp_path / "split", device="cpu", workers=2, time_limit=1e-9)  # stops after the first step
     assert not run_finished(tmp_path / "split")
     assert torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)["step"] == 1
-    resumed = train(config, tmp_path / "split", device="cpu", workers=1)
+    resumed = train(config, tmp_path / "split", device="cpu", workers=2)  # steps 2 and 3 from different workers
     assert run_finished(tmp_path / "split")
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0, msg=key)
@@ -199,6 +206,22 @@ def test_workers_and_time_limit_change_nothing_in_the_result(tmp_path):
     straight = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [1, 2, 3]
     assert [r["loss"] for r in logged] == [r["loss"] for r in straight]
+    assert all(0 <= r["data_s"] <= r["step_s"] for r in logged)
+    summary = json.loads((tmp_path / "split" / "summary.json").read_text())
+    assert [call["steps"] for call in summary["calls"]] == [[0, 1], [1, 3]]
+    assert summary["device"] == summary["calls"][0]["device"] and summary["torch"] == torch.__version__
+
+    # Calling a finished run again trains nothing and keeps its summary (the machines that trained it).
+    (tmp_path / "split" / "summary.json").write_text(json.dumps({**summary, "device": "the training machine"}))
+    again = train(config, tmp_path / "split", device="cpu", workers=2)
+    assert json.loads((tmp_path / "split" / "summary.json").read_text())["device"] == "the training machine"
+    assert len((tmp_path / "split" / "log.jsonl").read_text().splitlines()) == 3
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    # A new run in a folder whose checkpoint was removed does not pass for finished before its end.
+    (tmp_path / "split" / "checkpoint.pth").unlink()
+    train(config, tmp_path / "split", device="cpu", time_limit=1e-9)
+    assert not run_finished(tmp_path / "split")
 
     with pytest.raises(ValueError, match="workers must be >= 0, got -1"):
         train(config, tmp_path / "bad", device="cpu", workers=-1)
@@ -217,9 +240,16 @@ def test_command_line_time_limit_stops_without_packaging(tmp_path, capsys, small
     assert not (tmp_path / "out").exists()
     main(args)  # the second call does step 2 (the limit is reached by then too) and packages
     assert json.loads((tmp_path / "out" / "builtin-small.json").read_text())["steps"] == 2
-    with pytest.raises(SystemExit):
-        main([str(tmp_path / "run2"), "--height", "100"])
-    assert "training size must be a multiple of 8, got 100x256" in capsys.readouterr().err
+    for bad, message in [
+        (["--height", "100"], "training size must be a multiple of 8, got 100x256"),
+        (["--workers", "-2"], "--workers must be >= 0, got -2"),
+        (["--time-limit", "0"], "--time-limit must be a positive number of seconds, got 0.0"),
+        (["--real-images", "r.json"], "--real-images is recorded by --package; give both"),
+    ]:
+        with pytest.raises(SystemExit):
+            main([str(tmp_path / "run2"), *bad])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()
 
 
 def test_a_packaged_large_model_loads_as_builtin_large(tmp_path, monkeypatch, small_held_out):
