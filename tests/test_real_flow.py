@@ -115,8 +115,14 @@ def test_sintel_measure_on_an_exact_and_a_wrong_method():
     good = real_flow.measure_sintel(exact, frames)
     assert good["pairs"] == 2 and good["photometric_error"] < 1e-3  # float32 rounding only
     assert good["fb_pass"] == pytest.approx(62 / 64)  # all but the 2 columns that leave the frame
+    assert good["fb_residual"] < 1e-5
     zero = real_flow.measure_sintel(lambda a, b: np.zeros((48, 64, 2), dtype=np.float32), frames)
-    assert zero["fb_pass"] == 1.0 and zero["photometric_error"] > 5.0
+    assert zero["fb_pass"] == 1.0 and zero["photometric_error"] > 5.0 and zero["fb_residual"] == 0.0
+
+    def drifting(image1, image2):  # both directions 0.5 px too far right: they miss by 1 px everywhere
+        return exact(image1, image2) + np.array([0.5, 0.0], dtype=np.float32)
+
+    assert real_flow.measure_sintel(drifting, frames)["fb_residual"] == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.parametrize("name", ["dis-medium", "farneback"])
