@@ -221,7 +221,14 @@ def _cuda_training_flags(where: torch.device):
 
 
 def _device_name(where: torch.device) -> str:
-    return torch.cuda.get_device_name(where) if where.type == "cuda" else platform.processor() or "cpu"
+    """The GPU's name, or the CPU's model and core count (platform.processor() is empty on most Linux)."""
+    if where.type == "cuda":
+        return torch.cuda.get_device_name(where)
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    model = names[0] if names else platform.processor() or platform.machine() or "cpu"
+    return f"{model}, {os.cpu_count()} cores"
 
 
 def train(
