@@ -54,12 +54,25 @@ class Pose:
         """points: (2, ...) image x, y -> (2, ...) canonical."""
         inverse = torch.from_numpy(np.linalg.inv(self.matrix())).float()
         shifted = points - torch.tensor(self.centre, dtype=torch.float32).view(2, *[1] * (points.ndim - 1))
-        return torch.einsum("ij,j...->i...", inverse, shifted)
+        return _mix(inverse, shifted)
 
     def to_image(self, canonical: torch.Tensor) -> torch.Tensor:
         forward = torch.from_numpy(self.matrix()).float()
         centre = torch.tensor(self.centre, dtype=torch.float32).view(2, *[1] * (canonical.ndim - 1))
-        return torch.einsum("ij,j...->i...", forward, canonical) + centre
+        return _mix(forward, canonical) + centre
+
+
+def _mix(matrix: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """matrix (n, k) times values (k, ...) -> (n, ...), as elementwise products summed in order: the
+    same bits on every CPU (a BLAS product's bits depend on the code path the library picks for the
+    processor, and the generated pairs are pinned bit for bit)."""
+    rows = []
+    for i in range(matrix.shape[0]):
+        total = matrix[i, 0] * values[0]
+        for j in range(1, matrix.shape[1]):
+            total = total + matrix[i, j] * values[j]
+        rows.append(total)
+    return torch.stack(rows)
 
 
 @dataclass(frozen=True)
@@ -117,7 +130,7 @@ def _noise(rng: np.random.Generator, height: int, width: int) -> torch.Tensor:
         grid_w = max(2, int(round(cells * width / max(height, width))))
         amplitude = rng.uniform(0.05, 0.35) * (0.5 + rng.random()) ** (octave * rng.uniform(-0.5, 0.8))
         values = torch.from_numpy(rng.normal(size=(3, grid_h, grid_w))).float()
-        values = torch.einsum("ij,j...->i...", mixing, values)
+        values = _mix(mixing, values)
         total += amplitude * F.interpolate(values[None], size=(height, width), mode="bicubic", align_corners=False)[0]
     return total
 
@@ -492,6 +505,10 @@ class SceneStyle:
     lighting: bool = False  # exposure, white balance and a smooth illumination field change between frames
     noise: bool = False  # signal-dependent (shot + read) sensor noise
     jpeg: bool = False  # a JPEG round trip (PIL) at a random quality 30-95, with probability 0.6
+    # A moving camera with a wider range (with or without `camera`): pans up to 1.5x max_displacement
+    # (the whole frame moving 50-130 px, as in real footage), roll up to 6 degrees, zoom up to +-12%,
+    # tilt 0.2 per frame size; the same draws as `camera`'s, rescaled.
+    wide_camera: bool = False
 
     @classmethod
     def v1(cls) -> SceneStyle:
@@ -531,7 +548,7 @@ class SceneStyle:
 STYLE_GROUPS: dict[str, tuple[str, ...]] = {
     "textures": ("natural_textures", "photos"),
     "geometry": ("thin", "many_objects", "entering"),
-    "motion": ("large_motion", "camera"),
+    "motion": ("large_motion", "camera", "wide_camera"),
     "degradations": ("blur", "lighting", "noise", "jpeg"),
 }
 _STREAMS = {name: index + 1 for index, name in enumerate(SceneStyle.__dataclass_fields__)}
@@ -693,20 +710,28 @@ def _layers_v2(
     textures = _stream(seed, "photos")
     diagonal = math.hypot(height, width)
     camera = None
-    if style.camera:
+    if style.camera or style.wide_camera:
         cam = _stream(seed, "camera")
         direction = cam.uniform(0, 2 * math.pi)
-        magnitude = 0.4 * max_displacement * cam.random() ** 1.3  # v1's background pan
+        # v2's draws, in v2's order, kept bit for bit; wide_camera rescales them (the same camera
+        # directions and relative sizes, a wider range) and changes nothing else.
+        pan = cam.random()
+        roll, zoom = cam.uniform(-1, 1) * math.radians(2), cam.uniform(-0.05, 0.05)
+        tilt = (cam.uniform(-0.06, 0.06), cam.uniform(-0.06, 0.06))
+        magnitude = 0.4 * max_displacement * pan**1.3  # v1's background pan
+        if style.wide_camera:
+            magnitude = 1.5 * max_displacement * pan**0.8
+            roll, zoom, tilt = roll * 3, zoom * 2.4, (tilt[0] * 10 / 3, tilt[1] * 10 / 3)
         camera = Camera(
             centre=(width / 2, height / 2),
             shift=(magnitude * math.cos(direction), magnitude * math.sin(direction)),
-            roll=cam.uniform(-1, 1) * math.radians(2),
-            zoom=cam.uniform(-0.05, 0.05),
-            tilt=(cam.uniform(-0.06, 0.06) / width, cam.uniform(-0.06, 0.06) / height),
+            roll=roll,
+            zoom=zoom,
+            tilt=(tilt[0] / width, tilt[1] / height),
         )
     # The background: as v1's, still (the camera moves it) when there is a camera. A larger texture when
-    # the camera may zoom out or tilt.
-    margin = 1.5 if style.camera else 1.2
+    # the camera may zoom out or tilt, larger still when it pans across most of the frame.
+    margin = 2.0 if style.wide_camera else 1.5 if style.camera else 1.2
     start = Pose((width / 2, height / 2), rng.uniform(-0.1, 0.1), 1.0)
     moved = _motion(rng, start, 0.4 * max_displacement, math.radians(4), 0.06)
     shift, spin, growth = (moved.centre[0] - start.centre[0], moved.centre[1] - start.centre[1]), 0.0, 0.0

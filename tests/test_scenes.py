@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -85,6 +89,30 @@ def test_v1_is_bit_for_bit_what_it_was(seed, height, width, photometric):
     assert _digest(generate_pair(seed, height, width, photometric=photometric, style=SceneStyle.v1())) == expected
 
 
+_DIGESTS_SCRIPT = """
+import hashlib, numpy as np
+from raft_engine.scenes import SceneStyle, generate_pair
+for style in (None, SceneStyle.v2()):
+    pair = generate_pair(5, 64, 96, style=style)
+    arrays = (pair.image1, pair.image2, pair.flow)
+    print(hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest())
+"""
+
+
+def test_pairs_do_not_depend_on_the_processors_code_path():
+    """The same bits whichever code path MKL picks for the processor (MKL_CBWR: the newest this CPU
+    has, or the baseline one every x86-64 has): no BLAS product decides a generated pixel or flow."""
+    outputs = []
+    for setting in (None, "COMPATIBLE"):
+        env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+        if setting:
+            env["MKL_CBWR"] = setting
+        done = subprocess.run([sys.executable, "-c", _DIGESTS_SCRIPT], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    assert outputs[0] == outputs[1] and len(outputs[0].split()) == 2
+
+
 def test_v2_is_deterministic_and_differs_from_v1():
     a, b = (generate_pair(1_000_001, 96, 128, style=SceneStyle.v2()) for _ in range(2))
     assert _digest(a) == _digest(b)
@@ -100,7 +128,9 @@ def test_style_switches_and_groups():
     grouped = [name for names in STYLE_GROUPS.values() for name in names]
     assert sorted(grouped) == sorted(v2.__dataclass_fields__)
     assert SceneStyle.parse("v2", "blur, jpeg") == dataclasses.replace(v2, blur=False, jpeg=False)
-    assert SceneStyle.parse("v2", "motion") == dataclasses.replace(v2, large_motion=False, camera=False)
+    assert SceneStyle.parse("v2", "motion") == dataclasses.replace(
+        v2, large_motion=False, camera=False, wide_camera=False
+    )
     assert SceneStyle.parse("v2", ",".join(STYLE_GROUPS)).is_v1
     assert SceneStyle.parse("v1") == SceneStyle.v1()
     with pytest.raises(ValueError, match="unknown scene ingredient 'sparkle'"):
@@ -130,10 +160,10 @@ def test_v2_flow_maps_image1_onto_image2(seed):
     assert np.mean(error < 10) > 0.65
 
 
-def test_camera_flow_is_the_homography():
+@pytest.mark.parametrize("style", [SceneStyle(camera=True), SceneStyle(wide_camera=True)], ids=["camera", "wide"])
+def test_camera_flow_is_the_homography(style):
     """With only the camera on, the background moves by the camera's homography H: flow(p) = H(p) - p,
     exactly, wherever no object covers p (checked where the flow is not an object's)."""
-    style = SceneStyle(camera=True)
     seed, height, width = 1_000_004, 96, 128
     pair = generate_pair(seed, height, width, style=style)
     layers, tracks = scenes._layers_v2(seed, style, height, width, 0.15 * width)
@@ -154,6 +184,37 @@ def test_camera_flow_is_the_homography():
     # A homography, not a translation: the flow varies over the background by more than 1 px.
     assert np.ptp(pair.flow[background][:, 0]) > 1 or np.ptp(pair.flow[background][:, 1]) > 1
     torch.testing.assert_close(torch.from_numpy(pair.flow[background]), torch.from_numpy(expected[background]).float())
+
+
+def test_wide_camera_widens_the_camera_and_changes_nothing_else():
+    """wide_camera rescales the camera's own draws (pan, roll x3, zoom x2.4, tilt x10/3; the same
+    directions) and leaves every object as it was; alone it is the same camera as with `camera`."""
+    height, width, max_displacement = 96, 128, 0.2 * 128
+    mild, wide = SceneStyle.v2().without("wide_camera"), SceneStyle.v2()
+    pans = []
+    for seed in range(1_000_000, 1_000_032):
+        layers, (first, *objects) = scenes._layers_v2(seed, mild, height, width, max_displacement)
+        layers_wide, (first_wide, *objects_wide) = scenes._layers_v2(seed, wide, height, width, max_displacement)
+        # Each object's own motion, outline and texture (the camera moves them all, differently).
+        assert [(t.start, t.shift, t.spin, t.growth) for t in objects] == [
+            (t.start, t.shift, t.spin, t.growth) for t in objects_wide
+        ]
+        for layer, layer_wide in zip(layers[1:], layers_wide[1:], strict=True):
+            assert (layer.shape, layer.shape_params) == (layer_wide.shape, layer_wide.shape_params)
+            assert torch.equal(layer.texture, layer_wide.texture)
+        a, b = first.camera, first_wide.camera
+        assert a is not None and b is not None
+        assert b.roll == pytest.approx(3 * a.roll) and b.zoom == pytest.approx(2.4 * a.zoom)
+        assert b.tilt == pytest.approx((a.tilt[0] * 10 / 3, a.tilt[1] * 10 / 3))
+        assert math.atan2(b.shift[1], b.shift[0]) == pytest.approx(math.atan2(a.shift[1], a.shift[0]))
+        pans.append((math.hypot(*a.shift), math.hypot(*b.shift)))
+    mild_pans, wide_pans = np.array(pans).T
+    assert (wide_pans >= mild_pans).all()
+    assert mild_pans.max() <= 0.4 * max_displacement and wide_pans.max() <= 1.5 * max_displacement
+    assert np.mean(wide_pans > max_displacement) > 0.25  # the whole frame often moves further than v2's objects
+    alone = generate_pair(1_000_005, height, width, style=SceneStyle(wide_camera=True))
+    both = generate_pair(1_000_005, height, width, style=SceneStyle(camera=True, wide_camera=True))
+    assert _digest(alone) == _digest(both)
 
 
 def test_appearance_ingredients_leave_the_flow_alone():
