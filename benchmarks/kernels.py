@@ -75,10 +75,10 @@ def lookup_bytes(cells: int, height: int, width: int, itemsize: int) -> int:
 
 def grid_rows(name: str, height: int, width: int, device: torch.device, generator, bandwidth: float) -> list[dict]:
     """Each kernel against its reference on one 1/8 grid, in float32 and float16."""
-    from raft_engine.correlation import all_pairs_correlation, correlation_pyramid
     from raft_engine.kernels.convex_upsample import convex_upsample, convex_upsample_ref
     from raft_engine.kernels.corr_lookup import corr_lookup, corr_lookup_ref
     from raft_engine.kernels.corr_ondemand import corr_ondemand, corr_ondemand_ref, pooled_pyramid
+    from raft_engine.model.correlation import all_pairs_correlation, correlation_pyramid
 
     rows: list[dict] = []
     cells = height * width

@@ -20,7 +20,7 @@ One run, three measures, every method on the same inputs:
     0.01 (|f|^2 + |b|^2) + 0.5 px^2, and p + f(p) inside frame 2), pooled over all pairs. The fraction
     of pixels that pass is reported with it: a method cannot look good by passing only easy pixels
     without that fraction showing it.
-(c) held_out: the generated held-out set (`raft_engine.train.HELD_OUT`: v1 scenes, seeds 0-7 at
+(c) held_out: the generated held-out set (`raft_engine.training.loop.HELD_OUT`: v1 scenes, seeds 0-7 at
     384x512): EPE (mean over pairs of the per-pair mean) and 3 px outliers.
 
 Our models run through the public API (`load_model`, `FlowEngine`), float32 on the CPU, 12 iterations
@@ -317,7 +317,7 @@ def sintel_frames(folder: Path) -> list[np.ndarray]:
 
 def held_out_pairs() -> list[dict]:
     from raft_engine.scenes import generate_pair
-    from raft_engine.train import HELD_OUT
+    from raft_engine.training.loop import HELD_OUT
 
     pairs = []
     for seed in HELD_OUT["seeds"]:

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from raft_engine import RAFT, FlowEngine, RAFTConfig, load_model
-from raft_engine.inputs import Padder
-from raft_engine.model import normalize_images
+from raft_engine.model.raft import normalize_images
+from raft_engine.model.warm_start import forward_interpolate
+from raft_engine.runtime.inputs import Padder
 from raft_engine.scenes import generate_sequence
-from raft_engine.warm_start import forward_interpolate
 
 
 def _sync(device: torch.device) -> None:

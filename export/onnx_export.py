@@ -7,7 +7,7 @@ PyTorch references, so the graph holds standard ONNX operators only (GridSample 
 
 Correlation (`corr`): "volume" builds the published all-pairs volume and its pyramid, (H/8 * W/8)^2
 elements per level 0: 1.07e9 (4.3 GB) per pair at 1088x1920, out of reach at 4K. "ondemand" computes
-the same numbers at lookup time from the features (`raft_engine.correlation.corr_ondemand_gather`:
+the same numbers at lookup time from the features (`raft_engine.model.correlation.corr_ondemand_gather`:
 Gather, MatMul and elementwise operators), in memory linear in the image size. "auto" takes the volume
 while its pyramid fits `corr_budget` bytes (FlowEngine's rule) and 2^31-1 elements, else on-demand.
 
@@ -36,16 +36,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from raft_engine.correlation import OnDemandCorrelation, corr_ondemand_gather, dense_pyramid_bytes
-from raft_engine.engine import DEFAULT_CORR_BUDGET  # corr="auto": FlowEngine's budget, 2 GiB
 from raft_engine.export.ort_session import (
     MAX_DYNAMIC_SIDE,
     MAX_TENSOR_ELEMENTS,
     check_tensors,
     dense_volume_elements,
 )
-from raft_engine.inputs import positive_int
-from raft_engine.model import RAFT
+from raft_engine.model.correlation import OnDemandCorrelation, corr_ondemand_gather, dense_pyramid_bytes
+from raft_engine.model.raft import RAFT
+from raft_engine.runtime.engine import DEFAULT_CORR_BUDGET  # corr="auto": FlowEngine's budget, 2 GiB
+from raft_engine.runtime.inputs import positive_int
 from raft_engine.scenes import scene_tensors
 
 log = logging.getLogger(__name__)

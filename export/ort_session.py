@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from raft_engine.inputs import ImageLike, Padder, check_padding, check_pair, to_image_batch
-from raft_engine.model import FlowResult
+from raft_engine.model.raft import FlowResult
+from raft_engine.runtime.inputs import ImageLike, Padder, check_padding, check_pair, to_image_batch
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -79,7 +79,7 @@ def ondemand_tensor_elements(batch: int, height: int, width: int, variant: str =
     """Elements of the on-demand graph's largest tensors for `batch` pairs of `height` x `width` (padded):
     the gathered window corners of a level, batch * cells * (2r+2) * D (`corr_ondemand_gather`), or
     the feature encoder's first activation, 2 * batch * C * (H/2) * (W/2) for both images."""
-    from raft_engine.config import RAFTConfig
+    from raft_engine.model.config import RAFTConfig
 
     config = RAFTConfig.from_variant(variant)
     cells = (height // 8) * (width // 8)

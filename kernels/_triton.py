@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from raft_engine.inputs import interpreting
+from raft_engine.runtime.inputs import interpreting
 
 __all__ = [
     "PYRAMID_DTYPES",

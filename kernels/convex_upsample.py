@@ -21,9 +21,9 @@ from raft_engine.kernels._triton import (
     on_device,
     size_class,
 )
-from raft_engine.upsampling import FACTOR, bilinear_upsample_ref, convex_upsample_ref
+from raft_engine.model.upsampling import FACTOR, bilinear_upsample_ref, convex_upsample_ref
 
-# The PyTorch references live in the core (raft_engine.correlation / .upsampling), which needs no
+# The PyTorch references live in the core (raft_engine.model.correlation / .upsampling), which needs no
 # Triton; they are re-exported here beside their kernel.
 __all__ = ["FACTOR", "bilinear_upsample_ref", "check_upsample_inputs", "convex_upsample", "convex_upsample_ref"]
 

@@ -15,7 +15,6 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from raft_engine.correlation import corr_lookup_ref, sample_windows, window_offsets
 from raft_engine.kernels._triton import (
     PYRAMID_DTYPES,
     check_device,
@@ -27,8 +26,9 @@ from raft_engine.kernels._triton import (
     program_cells,
     size_class,
 )
+from raft_engine.model.correlation import corr_lookup_ref, sample_windows, window_offsets
 
-# The PyTorch references live in the core (raft_engine.correlation / .upsampling), which needs no
+# The PyTorch references live in the core (raft_engine.model.correlation / .upsampling), which needs no
 # Triton; they are re-exported here beside their kernel.
 __all__ = ["MAX_LEVELS", "check_lookup_inputs", "corr_lookup", "corr_lookup_ref", "sample_windows", "window_offsets"]
 

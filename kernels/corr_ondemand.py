@@ -18,7 +18,6 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from raft_engine.correlation import REFERENCE_CHUNK_BYTES, corr_ondemand_ref, pooled_pyramid
 from raft_engine.kernels._triton import (
     PYRAMID_DTYPES,
     check_device,
@@ -31,8 +30,9 @@ from raft_engine.kernels._triton import (
     size_class,
 )
 from raft_engine.kernels.corr_lookup import MAX_LEVELS
+from raft_engine.model.correlation import REFERENCE_CHUNK_BYTES, corr_ondemand_ref, pooled_pyramid
 
-# The PyTorch references live in the core (raft_engine.correlation / .upsampling), which needs no
+# The PyTorch references live in the core (raft_engine.model.correlation / .upsampling), which needs no
 # Triton; they are re-exported here beside their kernel.
 __all__ = ["REFERENCE_CHUNK_BYTES", "check_ondemand_inputs", "corr_ondemand", "corr_ondemand_ref", "pooled_pyramid"]
 

@@ -2,9 +2,9 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from raft_engine.config import RAFTConfig
-from raft_engine.engine import FlowEngine
-from raft_engine.model import RAFT, FlowResult, RAFTOutput
+from raft_engine.model.config import RAFTConfig
+from raft_engine.model.raft import RAFT, FlowResult, RAFTOutput
+from raft_engine.runtime.engine import FlowEngine
 from raft_engine.weights import PRESETS, load_model
 
 try:

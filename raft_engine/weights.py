@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from raft_engine.config import VARIANTS, RAFTConfig
-from raft_engine.model import RAFT
+from raft_engine.model.config import VARIANTS, RAFTConfig
+from raft_engine.model.raft import RAFT
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ PRESETS: dict[str, WeightsPreset] = {
 
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
-# The project's own models, trained on generated scenes (raft_engine.scenes) by raft_engine.train
+# The project's own models, trained on generated scenes (raft_engine.scenes) by raft_engine.training.loop
 # and stored as data/builtin-VARIANT.pth, with how they were trained in data/builtin-VARIANT.json.
 # "builtin" is the RAFT-small, which every installation has.
 BUILTIN = "builtin"

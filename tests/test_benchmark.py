@@ -12,10 +12,11 @@ import torch
 from synthetic import layout, synthetic_state_dict
 from torch.cuda import OutOfMemoryError
 
-import raft_engine.benchmark as benchmark
+import raft_engine.tools.benchmark as benchmark
 import raft_engine.weights
 from raft_engine import RAFT, FlowEngine, RAFTConfig
-from raft_engine.benchmark import (
+from raft_engine.cli import main as cli_main
+from raft_engine.tools.benchmark import (
     BACKENDS,
     MEASURED,
     SWEEPS,
@@ -30,7 +31,6 @@ from raft_engine.benchmark import (
     table,
     torchvision_state_dict,
 )
-from raft_engine.cli import main as cli_main
 
 REQUIRED = {
     "device",

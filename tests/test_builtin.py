@@ -14,7 +14,7 @@ from raft_engine import FlowEngine, RAFTConfig, load_model
 from raft_engine.cli import main
 from raft_engine.io import read_flo
 from raft_engine.scenes import TRAINING_SEED_START, generate_pair
-from raft_engine.train import HELD_OUT, held_out_epe
+from raft_engine.training.loop import HELD_OUT, held_out_epe
 from raft_engine.weights import builtin_path, builtin_record
 
 # Mean EPE on the held-out set (train.HELD_OUT: seeds 0-7 at 384x512, 12 iterations), float32 PyTorch

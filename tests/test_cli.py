@@ -16,7 +16,7 @@ from synthetic import synthetic_state_dict
 from raft_engine import FlowEngine, load_model
 from raft_engine.cli import main
 from raft_engine.io import read_flo, read_image
-from raft_engine.warm_start import forward_interpolate
+from raft_engine.model.warm_start import forward_interpolate
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from raft_engine import RAFTConfig
-from raft_engine.cli import _build_parser, _make_engine, main
-from raft_engine.config import VARIANTS
-from raft_engine.engine import BACKENDS, CORR_MODES
-from raft_engine.inputs import DTYPE_NAMES, PADDING_MODES, Padder
+from raft_engine.cli import main
+from raft_engine.cli.flow import _build_parser, _make_engine
+from raft_engine.model.config import VARIANTS
+from raft_engine.runtime.engine import BACKENDS, CORR_MODES
+from raft_engine.runtime.inputs import DTYPE_NAMES, PADDING_MODES, Padder
 from raft_engine.weights import load_model
 
 LIBRARY_CHOICES = {

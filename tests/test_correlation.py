@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import raft_engine.correlation as correlation
-from raft_engine.correlation import (
+import raft_engine.model.correlation as correlation
+from raft_engine.model.correlation import (
     DenseCorrelation,
     all_pairs_correlation,
     corr_lookup_ref,

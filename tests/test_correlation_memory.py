@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import raft_engine.correlation as correlation
+import raft_engine.model.correlation as correlation
 
 
 @pytest.mark.parametrize("shape", [(37, 1, 9, 13), (64, 1, 16, 16), (5, 1, 3, 2)])

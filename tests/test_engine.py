@@ -10,8 +10,8 @@ from conftest import rel_error, to_tensor
 from PIL import Image
 
 from raft_engine import FlowEngine, FlowResult
-from raft_engine.inputs import Padder
-from raft_engine.model import coords_grid
+from raft_engine.model.raft import coords_grid
+from raft_engine.runtime.inputs import Padder
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -223,7 +223,7 @@ def test_corr_auto_follows_the_memory_budget(official_small, reference, caplog):
     roomy = FlowEngine(official_small, device="cpu", corr_budget=dense_bytes)
     tight = FlowEngine(official_small, device="cpu", corr_budget=dense_bytes - 1)
     assert roomy.corr_mode_for(1, 128, 160) == "volume"
-    with caplog.at_level("INFO", logger="raft_engine.engine"):
+    with caplog.at_level("INFO", logger="raft_engine.runtime.engine"):
         assert tight.corr_mode_for(1, 128, 160) == "ondemand"
     assert "chose 'ondemand' for 1 pair(s) of 128x160" in caplog.text
     assert tight.corr_mode_for(2, 128, 160) == "ondemand" and roomy.corr_mode_for(2, 128, 160) == "ondemand"

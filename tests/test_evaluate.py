@@ -21,15 +21,16 @@ import torch
 from PIL import Image
 
 from raft_engine import FlowEngine, load_model
-from raft_engine.cli import _build_parser, _evaluate_engine, main
-from raft_engine.config import VARIANTS
-from raft_engine.engine import BACKENDS, CORR_MODES
-from raft_engine.evaluate import evaluate, fl_outliers, format_table, write_submission
-from raft_engine.inputs import DTYPE_NAMES, PADDING_MODES, Padder
+from raft_engine.cli import main
+from raft_engine.cli.flow import _build_parser, _evaluate_engine
+from raft_engine.evaluation.runner import evaluate, fl_outliers, format_table, write_submission
 from raft_engine.io import read_flo, read_kitti_flow, write_flo, write_kitti_flow
-from raft_engine.model import FlowResult
+from raft_engine.model.config import VARIANTS
+from raft_engine.model.raft import FlowResult
+from raft_engine.model.warm_start import forward_interpolate
+from raft_engine.runtime.engine import BACKENDS, CORR_MODES
+from raft_engine.runtime.inputs import DTYPE_NAMES, PADDING_MODES, Padder
 from raft_engine.scenes import generate_pair
-from raft_engine.warm_start import forward_interpolate
 
 # ------------------------------------------------------------------------------------------------
 # Helpers

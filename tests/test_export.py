@@ -30,7 +30,7 @@ from raft_engine.export.ort_session import (
     dense_volume_elements,
     trt_cache_folders,
 )
-from raft_engine.inputs import Padder
+from raft_engine.runtime.inputs import Padder
 
 # ONNX Runtime's CPU provider against PyTorch float32, fp32 graphs: relative L2 error of the flow,
 # measured 1.0e-6..1.6e-6 (RAFT-small: 3-6 iterations, fixed and dynamic batch, flow and flow_low) and

@@ -8,10 +8,10 @@ import torch
 from conftest import rel_error
 
 from raft_engine import FlowEngine
-from raft_engine.config import RAFTConfig
 from raft_engine.export import OrtFlowSession, export_onnx, onnx_export
 from raft_engine.export.onnx_export import DEFAULT_CORR_BUDGET, TOLERANCE, resolve_corr
 from raft_engine.export.ort_session import check_ondemand_tensors, ondemand_tensor_elements
+from raft_engine.model.config import RAFTConfig
 from raft_engine.scenes import scene_tensors
 
 ITERS = 3  # the graph's size, and the export's time, grow with the unrolled iterations

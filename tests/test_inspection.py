@@ -13,7 +13,7 @@ from PIL import Image
 from raft_engine import FlowEngine
 from raft_engine.cli import main
 from raft_engine.kernels._triton import interpreting
-from raft_engine.report import write_report
+from raft_engine.tools.inspection_html import write_report
 
 # A cell on every level's integer grid (8 = 2^3) and one with odd coordinates.
 PIXELS = [(64 + 3, 64 + 5), (8 * 13 + 1, 8 * 3 + 7)]  # cells (8, 8) and (13, 3) of the 128x160 pair

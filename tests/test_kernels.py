@@ -15,7 +15,6 @@ from unittest import mock
 import pytest
 import torch
 
-from raft_engine.correlation import all_pairs_correlation, correlation_pyramid
 from raft_engine.kernels import convex_upsample as upsample_module
 from raft_engine.kernels import corr_lookup as lookup_module
 from raft_engine.kernels import corr_ondemand as ondemand_module
@@ -23,6 +22,7 @@ from raft_engine.kernels._triton import interpreting
 from raft_engine.kernels.convex_upsample import convex_upsample, convex_upsample_ref
 from raft_engine.kernels.corr_lookup import corr_lookup, corr_lookup_ref
 from raft_engine.kernels.corr_ondemand import corr_ondemand, corr_ondemand_ref, pooled_pyramid
+from raft_engine.model.correlation import all_pairs_correlation, correlation_pyramid
 
 LEVELS = 4
 

@@ -33,7 +33,7 @@ from synthetic import synthetic_state_dict
 
 from raft_engine import FlowEngine, load_model
 from raft_engine.io import read_flo
-from raft_engine.viz import flow_to_color
+from raft_engine.io.visualize import flow_to_color
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raft_engine import scenes
 from raft_engine.scenes import HELD_OUT_PHOTOS, STYLE_GROUPS, TRAINING_PHOTOS, SceneStyle, generate_pair
+from raft_engine.scenes import layers as scenes
 
 
 def _backward_warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:

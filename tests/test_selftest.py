@@ -9,7 +9,7 @@ import torch
 
 from raft_engine import selftest
 from raft_engine.cli import main
-from raft_engine.selftest import Check
+from raft_engine.tools.selftest import Check
 
 KEYS = {"check", "backend", "variant", "dtype", "status", "drift", "latency_ms", "reason"}
 

@@ -14,8 +14,8 @@ from conftest import rel_error
 from PIL import Image
 
 from raft_engine import FlowEngine, FlowResult
+from raft_engine.model.warm_start import forward_interpolate
 from raft_engine.scenes import SceneSequence, generate_pair, generate_sequence
-from raft_engine.warm_start import forward_interpolate
 
 # The bound: each flow equals `estimate` to float32 rounding. Measured: up to 5e-7 (RAFT-small,
 # pairs batched), 0 (pair by pair, warm start).

@@ -8,8 +8,8 @@ import shlex
 import pytest
 import torch
 
-import raft_engine.train as training
-from raft_engine.train import TrainConfig, sequence_loss, train
+import raft_engine.training.loop as training
+from raft_engine.training.loop import TrainConfig, sequence_loss, train
 
 
 def test_sequence_loss_weights_and_max_flow():
@@ -80,7 +80,7 @@ def small_held_out(monkeypatch):
 def packaged_epe(path) -> float:
     """The packaged weights' mean EPE on SMALL_HELD_OUT, loaded as a user loads them, as the record rounds it."""
     from raft_engine import load_model
-    from raft_engine.train import evaluate
+    from raft_engine.training.loop import evaluate
 
     model = load_model(path)
     held_out = SMALL_HELD_OUT
@@ -89,7 +89,7 @@ def packaged_epe(path) -> float:
 
 def test_package_writes_the_weights_and_their_record(tmp_path, small_held_out):
     from raft_engine import load_model
-    from raft_engine.train import package
+    from raft_engine.training.loop import package
 
     config = TrainConfig(steps=1, batch_size=1, height=128, width=128, iters=1, validation_pairs=1, threads=1)
     trained = train(config, tmp_path / "run", device="cpu")
@@ -117,14 +117,14 @@ def test_changed_configuration_is_refused(tmp_path):
 
 
 def test_command_line_trains_and_packages(tmp_path, capsys, small_held_out):
-    from raft_engine.train import main
+    from raft_engine.training.loop import main
 
     args = [str(tmp_path / "run"), "--steps", "1", "--batch-size", "1", "--height", "128", "--width", "128",
             "--iters", "1", "--validation-pairs", "1", "--device", "cpu",
             "--package", str(tmp_path / "out")]  # fmt: skip
     main(args)
     record = json.loads((tmp_path / "out" / "builtin-small.json").read_text())
-    assert record["command"] == "python -m raft_engine.train " + shlex.join(args)
+    assert record["command"] == "python -m raft_engine.training.loop " + shlex.join(args)
     assert record["config"]["height"] == 128 and record["steps"] == 1
     assert record["held_out"] == {**small_held_out, "epe": packaged_epe(tmp_path / "out" / "builtin-small.pth")}
     assert f"held-out EPE {record['held_out']['epe']} px" in capsys.readouterr().out
@@ -165,7 +165,7 @@ def test_scene_style_and_init_are_configuration(tmp_path, monkeypatch):
 
 
 def test_package_records_real_image_results(tmp_path, small_held_out):
-    from raft_engine.train import main
+    from raft_engine.training.loop import main
 
     results = {"methods": {"builtin": {"photos": {"epe": 1.5}}}}
     (tmp_path / "real.json").write_text(json.dumps(results))
@@ -181,14 +181,14 @@ def test_package_records_real_image_results(tmp_path, small_held_out):
 def test_workers_and_time_limit_change_nothing_in_the_result(tmp_path):
     """Batches made in worker processes are the batches made in-process, and a run stopped by its
     time limit and continued ends where an uninterrupted run ends, bit for bit."""
-    from raft_engine.train import run_finished
+    from raft_engine.training.loop import run_finished
 
     config = TrainConfig(steps=3, batch_size=2, height=128, width=128, iters=1, validation_pairs=1, threads=1,
                          scenes="v2")  # fmt: skip
     reference = train(config, tmp_path / "straight", device="cpu")
     assert run_finished(tmp_path / "straight")
     # The batches carry images as uint8: exactly the generator's float images (whole numbers 0..255).
-    from raft_engine.train import TrainingBatches, scene_batch
+    from raft_engine.training.loop import TrainingBatches, scene_batch
 
     batches = TrainingBatches(config)
     made = scene_batch(batches.seeds(1), 128, 128, config.max_displacement, torch.device("cpu"), config.style())
@@ -230,7 +230,7 @@ def test_workers_and_time_limit_change_nothing_in_the_result(tmp_path):
 
 
 def test_command_line_time_limit_stops_without_packaging(tmp_path, capsys, small_held_out):
-    from raft_engine.train import main
+    from raft_engine.training.loop import main
 
     args = [str(tmp_path / "run"), "--steps", "2", "--batch-size", "1", "--height", "128", "--width", "128",
             "--iters", "1", "--validation-pairs", "1", "--device", "cpu", "--time-limit", "1e-9",
@@ -255,7 +255,7 @@ def test_command_line_time_limit_stops_without_packaging(tmp_path, capsys, small
 def test_a_packaged_large_model_loads_as_builtin_large(tmp_path, monkeypatch, small_held_out):
     import raft_engine.weights as weights
     from raft_engine import load_model
-    from raft_engine.train import package
+    from raft_engine.training.loop import package
 
     monkeypatch.setattr(weights, "BUILTIN_DIR", tmp_path / "data")
     with pytest.raises(FileNotFoundError, match="ships no built-in RAFT-large .no builtin-large.pth.; .*: none"):

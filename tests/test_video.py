@@ -26,8 +26,8 @@ from raft_engine.io import (
     write_kitti_flow,
     write_video,
 )
+from raft_engine.io.visualize import flow_to_color
 from raft_engine.scenes import generate_sequence
-from raft_engine.viz import flow_to_color
 
 av = pytest.importorskip("av", reason="PyAV (the [video] extra) is not installed")
 
@@ -173,7 +173,7 @@ def test_a_missing_decoder_package_names_the_extra(monkeypatch, tmp_path, workdi
 
 def test_flow_files_are_replaced_whole(tmp_path, monkeypatch):
     """An interrupted write (here, Ctrl-C at the rename) leaves the previous file, never a truncated one."""
-    import raft_engine.io
+    import raft_engine.io.flow_files
 
     old = np.ones((4, 5, 2), np.float32)
     write_flo(tmp_path / "f.flo", old)
@@ -182,7 +182,7 @@ def test_flow_files_are_replaced_whole(tmp_path, monkeypatch):
     def interrupted(source, target):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(raft_engine.io.os, "replace", interrupted)
+    monkeypatch.setattr(raft_engine.io.flow_files.os, "replace", interrupted)
     for write, name in ((write_flo, "f.flo"), (write_kitti_flow, "f.png")):
         with pytest.raises(KeyboardInterrupt):
             write(tmp_path / name, np.zeros((40, 50, 2), np.float32))
@@ -228,7 +228,7 @@ def test_start_end_every_select_the_frames(workdir, decoded, engine, tmp_path, c
     video = read_video(out)
     assert video.fps == Fraction(FPS, 2) and len(list(video)) == 2
     first = engine.estimate(decoded[1], decoded[3], iters=2)
-    from raft_engine.warm_start import forward_interpolate
+    from raft_engine.model.warm_start import forward_interpolate
 
     second = engine.estimate(decoded[3], decoded[5], iters=2, flow_init=forward_interpolate(first.flow_low))
     assert rel_error(read_flo(flo / "000003.flo"), second.flow[0].permute(1, 2, 0).numpy()) <= 1e-5

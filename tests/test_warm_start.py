@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import raft_engine.warm_start as warm_start
-from raft_engine.warm_start import forward_interpolate
+import raft_engine.model.warm_start as warm_start
+from raft_engine.model.warm_start import forward_interpolate
 
 
 def published_forward_interpolate(flow: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from raft_engine.inputs import interpreting
+from raft_engine.runtime.inputs import interpreting
 
 # Relative L2 error of the flow against the float32 PyTorch reference that a check may reach. float32:
 # measured 1e-7..1.3e-6 on the CPU (Triton through its interpreter, ONNX Runtime); GPU kernels sum
@@ -186,8 +186,8 @@ def plan(device: torch.device, quick: bool) -> list[Check]:
 
 def _model(context: Context, variant: str):
     if variant not in context.models:
-        from raft_engine.config import RAFTConfig
-        from raft_engine.model import RAFT
+        from raft_engine.model.config import RAFTConfig
+        from raft_engine.model.raft import RAFT
         from raft_engine.weights import load_model
 
         if variant == "small":
@@ -225,7 +225,7 @@ def _timed(run: Callable[[], torch.Tensor], device: torch.device, warmups: int) 
 
 def _engine_runner(check: Check, context: Context) -> tuple[Callable[[], torch.Tensor], int]:
     """A callable computing the flow of the check's pair, and how many warm-up runs it needs."""
-    from raft_engine.engine import FlowEngine
+    from raft_engine.runtime.engine import FlowEngine
 
     device = context.device
     compiled = check.backend.startswith("compiled")
@@ -267,7 +267,7 @@ def _ort_runner(check: Check, context: Context) -> tuple[Callable[[], torch.Tens
         if _version(module) is None:
             raise Skipped(f"exporting needs {module}: pip install onnx onnxscript")
     from raft_engine.export import OrtFlowSession, export_onnx
-    from raft_engine.inputs import Padder
+    from raft_engine.runtime.inputs import Padder
 
     height, width = Padder(check.height, check.width).padded_size
     path = context.workdir / f"{check.variant}-{check.dtype}-{check.corr}-{height}x{width}.onnx"
@@ -395,7 +395,7 @@ def run(device: torch.device, quick: bool, json_path: str | None, out: Callable[
 
 
 def main(args: argparse.Namespace) -> int:
-    from raft_engine.inputs import parse_device
+    from raft_engine.runtime.inputs import parse_device
 
     device = parse_device(args.device)
     return run(device, args.quick, args.json)

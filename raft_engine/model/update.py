@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raft_engine.config import RAFTConfig
+from raft_engine.model.config import RAFTConfig
 
 
 class BasicMotionEncoder(nn.Module):

@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from raft_engine.compiled import CompiledForward
-from raft_engine.correlation import (
+from raft_engine.model.correlation import (
     DenseCorrelation,
     OnDemandCorrelation,
     corr_lookup_ref,
     corr_ondemand_ref,
     dense_pyramid_bytes,
 )
-from raft_engine.inputs import (
+from raft_engine.model.raft import RAFT, FlowResult, RAFTOutput, coords_grid, normalize_images
+from raft_engine.runtime.compiled import CompiledForward
+from raft_engine.runtime.inputs import (
     ArrayLike,
     DeviceLike,
     DTypeLike,
@@ -36,13 +37,12 @@ from raft_engine.inputs import (
     positive_int,
     to_image_batch,
 )
-from raft_engine.model import RAFT, FlowResult, RAFTOutput, coords_grid, normalize_images
 
 if TYPE_CHECKING:
-    from raft_engine.inspection import FlowTrace
+    from raft_engine.runtime.trace import FlowTrace
 
-from raft_engine.upsampling import BilinearUpsampler, ConvexUpsampler, Upsampler, convex_upsample_ref
-from raft_engine.warm_start import forward_interpolate
+from raft_engine.model.upsampling import BilinearUpsampler, ConvexUpsampler, Upsampler, convex_upsample_ref
+from raft_engine.model.warm_start import forward_interpolate
 
 __all__ = ["BACKENDS", "CORR_MODES", "FlowEngine", "FlowResult", "build_parts", "resolve_backend"]
 
@@ -164,11 +164,11 @@ class FlowEngine:
         torch on the CPU. Triton on the CPU needs TRITON_INTERPRET=1 (Triton's interpreter; slow).
     corr: "volume" (the published all-pairs pyramid), "ondemand" (the same numbers, computed at
         lookup time in O(HW) memory), or "auto": on-demand when the dense pyramid would exceed
-        `corr_budget` bytes, which is logged (logger "raft_engine.engine") and told by `corr_mode_for`.
+        `corr_budget` bytes, which is logged (logger "raft_engine.runtime.engine") and told by `corr_mode_for`.
     corr_dtype: storage of the pyramid (dense) or of the features (on-demand): "fp32" (default),
         "fp16" or "bf16"; lookups accumulate in float32 either way.
     compile: the whole forward under torch.compile(fullgraph=True), one graph per input shape
-        (see `raft_engine.compiled`); `warmup` builds one ahead of time.
+        (see `raft_engine.runtime.compiled`); `warmup` builds one ahead of time.
     cuda_graphs: replay the compiled forward as CUDA graphs (mode "reduce-overhead"); default: on
         when compiling on CUDA. Results are copied out, never overwritten by the next call.
     max_compiled_shapes: how many shapes get a compiled graph; further ones run eagerly, with a warning.
@@ -334,8 +334,8 @@ class FlowEngine:
     ) -> FlowTrace:
         """Run one pair and keep RAFT's internals: feature maps, and for each test pixel (x, y) its
         correlation response maps, correspondences per iteration and lookup windows. See
-        `raft_engine.inspection.FlowTrace`; `raft_engine.report.write_report` draws it."""
-        from raft_engine.inspection import trace_model
+        `raft_engine.runtime.trace.FlowTrace`; `raft_engine.tools.inspection_html.write_report` draws it."""
+        from raft_engine.runtime.trace import trace_model
 
         iters = check_iters(iters)
         padded1, padded2, padder = self.prepare(image1, image2)
@@ -362,7 +362,7 @@ class FlowEngine:
         warm_start=False: the pairs are independent, and `batch_size` consecutive pairs run as one
             batch; each flow equals `estimate` on that pair (to float32 rounding).
         warm_start=True: each pair starts from the previous pair's 1/8 flow carried to its first frame
-            (`raft_engine.warm_start.forward_interpolate`, on the device), as the published Sintel
+            (`raft_engine.model.warm_start.forward_interpolate`, on the device), as the published Sintel
             submission does; the first pair starts from zero. A pair needs the previous one's result,
             so the iterations run pair by pair; the feature encoder still runs `batch_size` frames
             at a time. Each flow equals `estimate(..., flow_init=forward_interpolate(previous.flow_low))`.

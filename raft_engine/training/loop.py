@@ -5,7 +5,7 @@ Resumable: the run's folder holds `checkpoint.pth` (model, optimizer, schedule, 
 `log.jsonl`; the training pairs are a function of the step, so a resumed run sees the same data.
 bf16 autocast on CUDA; float32 on the CPU.
 
-    python -m raft_engine.train RUN_DIR --steps 10000 --batch-size 6 --height 192 --width 256
+    python -m raft_engine.training.loop RUN_DIR --steps 10000 --batch-size 6 --height 192 --width 256
 
 `--workers N` generates the batches in N processes ahead of the model (the generator runs on the
 CPU: 0.38 s a pair at 288x384 for v2 scenes without textures and degradations, so a GPU step waits
@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from raft_engine.config import RAFTConfig
-from raft_engine.model import RAFT, coords_grid
+from raft_engine.model.config import RAFTConfig
+from raft_engine.model.raft import RAFT, coords_grid
 from raft_engine.scenes import TRAINING_SEED_START, SceneStyle, scene_tensors
 
 SEEDS_PER_RUN = 10**9  # training seeds of run `seed`: TRAINING_SEED_START + seed * SEEDS_PER_RUN + k
@@ -429,7 +429,7 @@ def package(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m raft_engine.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m raft_engine.training.loop", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="folder for the checkpoint and the log; an existing run resumes")
     parser.add_argument("--device", default=None)
     parser.add_argument(
@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"stopped at step {step} of {config.steps} (time limit); run the same command again to continue")
         return
     if args.package:
-        command = "python -m raft_engine.train " + shlex.join(sys.argv[1:] if argv is None else argv)
+        command = "python -m raft_engine.training.loop " + shlex.join(sys.argv[1:] if argv is None else argv)
         record = package(args.run_dir, args.package, notes={"command": command}, real_images=real_images)
         print(f"wrote {args.package}/builtin-{config.variant}.pth; held-out EPE {record['held_out']['epe']} px")
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from raft_engine.inputs import Padder
-from raft_engine.model import RAFT, coords_grid
+from raft_engine.model.raft import RAFT, coords_grid
+from raft_engine.runtime.inputs import Padder
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from raft_engine.model import RAFT
+    from raft_engine.model.raft import RAFT
 
 RESOLUTIONS = {"sintel": (440, 1024), "kitti": (376, 1248), "1080p": (1088, 1920), "4k": (2160, 3840)}
 BACKENDS = ("torch", "triton", "compiled", "compiled+graphs", "ort-cpu", "ort-cuda", "ort-tensorrt", "torchvision")
@@ -237,10 +237,10 @@ def count_flops(config: BenchConfig) -> float:
     """FLOPs per pair of the configuration's computation, counted on the meta device (no weights)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from raft_engine.config import RAFTConfig
-    from raft_engine.engine import build_parts
-    from raft_engine.inputs import Padder
-    from raft_engine.model import RAFT
+    from raft_engine.model.config import RAFTConfig
+    from raft_engine.model.raft import RAFT
+    from raft_engine.runtime.engine import build_parts
+    from raft_engine.runtime.inputs import Padder
 
     with torch.device("meta"):
         model = RAFT(RAFTConfig.from_variant(config.variant)).eval()
@@ -272,7 +272,7 @@ def scene_batch(batch: int, height: int, width: int) -> tuple[torch.Tensor, torc
 
 
 def _engine_runner(model, config: BenchConfig, device: torch.device):
-    from raft_engine.engine import FlowEngine
+    from raft_engine.runtime.engine import FlowEngine
 
     options = functools.partial(FlowEngine, model, device=device, dtype=config.dtype, corr=config.corr)
     if config.backend == "torch":
@@ -295,7 +295,7 @@ def _ort_runner(model, config: BenchConfig, device: torch.device, workdir: Path)
     except ImportError as error:
         raise Unavailable("onnxruntime is not installed") from error
     from raft_engine.export import OrtFlowSession, export_onnx
-    from raft_engine.inputs import Padder
+    from raft_engine.runtime.inputs import Padder
 
     provider = config.backend.removeprefix("ort-")
     needed = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -344,7 +344,7 @@ def _torchvision_runner(model, config: BenchConfig, device: torch.device):
         raise Unavailable("torchvision is not importable") from error
     if config.dtype != "fp32" or config.corr != "volume":
         raise Unavailable("the torchvision peer runs eager fp32 with its dense volume")
-    from raft_engine.inputs import Padder
+    from raft_engine.runtime.inputs import Padder
 
     peer = (raft_large if config.variant == "large" else raft_small)(weights=None)
     peer.load_state_dict(torchvision_state_dict(model, peer))
@@ -412,8 +412,8 @@ def load_weights(sources: list[str]) -> dict[str, Loaded]:
 
 def _load(variant: str, weights: str | Loaded | None) -> Loaded:
     """The model of `variant`: as loaded already, loaded from a checkpoint or preset, or random (seed 0)."""
-    from raft_engine.config import RAFTConfig
-    from raft_engine.model import RAFT
+    from raft_engine.model.config import RAFTConfig
+    from raft_engine.model.raft import RAFT
     from raft_engine.weights import load_model
 
     if isinstance(weights, tuple):

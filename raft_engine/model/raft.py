@@ -1,8 +1,8 @@
 """RAFT: Recurrent All-Pairs Field Transforms for optical flow (Teed & Deng, ECCV 2020).
 
 `RAFT` is composed of parts: feature encoder (`fnet`), context encoder (`cnet`), a correlation
-part (`raft_engine.correlation`: the dense pyramid or the on-demand lookup, PyTorch or Triton), the
-update block, and an upsampler (`raft_engine.upsampling`: convex for RAFT-large, bilinear x8 for
+part (`raft_engine.model.correlation`: the dense pyramid or the on-demand lookup, PyTorch or Triton), the
+update block, and an upsampler (`raft_engine.model.upsampling`: convex for RAFT-large, bilinear x8 for
 RAFT-small). It reproduces the published network exactly; see
 `raft_engine.weights` for loading the published and torchvision checkpoints.
 """
@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from raft_engine.config import RAFTConfig
-from raft_engine.correlation import Correlation, DenseCorrelation
-from raft_engine.encoders import Encoder
-from raft_engine.update import UpdateBlock
-from raft_engine.upsampling import BilinearUpsampler, ConvexUpsampler, Upsampler
+from raft_engine.model.config import RAFTConfig
+from raft_engine.model.correlation import Correlation, DenseCorrelation
+from raft_engine.model.encoders import Encoder
+from raft_engine.model.update import UpdateBlock
+from raft_engine.model.upsampling import BilinearUpsampler, ConvexUpsampler, Upsampler
 
 __all__ = [
     "RAFT",

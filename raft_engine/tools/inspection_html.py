@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from raft_engine.inspection import FlowTrace, PixelTrace
-from raft_engine.viz import flow_to_color
+from raft_engine.io.visualize import flow_to_color
+from raft_engine.runtime.trace import FlowTrace, PixelTrace
 
 _SEQUENTIAL = np.array([[20, 12, 60], [60, 40, 120], [35, 115, 140], [95, 195, 100], [250, 230, 40]], np.float64)
 _DIVERGING = np.array([[60, 75, 190], [245, 245, 245], [180, 15, 40]], np.float64)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from raft_engine.io import as_flow_array
+from raft_engine.io.flow_files import as_flow_array
 
 # Hue segments of the wheel: red-yellow, yellow-green, green-cyan, cyan-blue, blue-magenta,
 # magenta-red, with these many steps (chosen by Baker et al. for perceptual evenness).

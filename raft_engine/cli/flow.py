@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-    from raft_engine.config import RAFTConfig
-    from raft_engine.engine import FlowEngine
-    from raft_engine.model import RAFT
+    from raft_engine.model.config import RAFTConfig
+    from raft_engine.model.raft import RAFT
+    from raft_engine.runtime.engine import FlowEngine
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
@@ -76,9 +76,9 @@ def _shared_options() -> dict[str, dict]:
     library's own constants) and the same default, None. None marks an option as not given, which
     `flow --onnx` needs to refuse the options a graph fixes; it stands for the default that the help
     states and that the library applies (see _make_engine)."""
-    from raft_engine.config import VARIANTS
-    from raft_engine.engine import BACKENDS, CORR_MODES
-    from raft_engine.inputs import DTYPE_NAMES, PADDING_MODES
+    from raft_engine.model.config import VARIANTS
+    from raft_engine.runtime.engine import BACKENDS, CORR_MODES
+    from raft_engine.runtime.inputs import DTYPE_NAMES, PADDING_MODES
 
     return {
         "weights": dict(
@@ -362,7 +362,7 @@ def _check_iters(args: argparse.Namespace) -> None:
 def _make_engine(args: argparse.Namespace, model: RAFT) -> FlowEngine:
     """A FlowEngine with the engine options the command gave; an option left at None is not passed, so
     FlowEngine's own default applies and the command line cannot drift from the library."""
-    from raft_engine.engine import FlowEngine
+    from raft_engine.runtime.engine import FlowEngine
 
     given = {name: getattr(args, name) for name in ENGINE_OPTIONS if getattr(args, name, None) is not None}
     return FlowEngine(model, **given)
@@ -587,7 +587,7 @@ def _engine_estimator(args: argparse.Namespace) -> _Estimator:
 def _write_pair(frames: list[Path], args: argparse.Namespace, estimator: _Estimator) -> tuple[int, int]:
     """Estimate and write the flow of one pair -> the frames' (height, width)."""
     from raft_engine.io import read_image, write_flo, write_image
-    from raft_engine.viz import flow_to_color
+    from raft_engine.io.visualize import flow_to_color
 
     image1, image2 = read_image(frames[0]), read_image(frames[1])
     flow = estimator.estimate(image1, image2, None).flow[0]
@@ -621,7 +621,7 @@ def _write_sequence(
     from tqdm import tqdm
 
     from raft_engine.io import VideoWriter, as_flow_array, write_flo, write_image
-    from raft_engine.viz import flow_to_color
+    from raft_engine.io.visualize import flow_to_color
 
     every = args.every or 1
     fps = Fraction(args.fps) if args.fps else (source.fps / every if source.fps else Fraction(DEFAULT_FPS))
@@ -690,7 +690,7 @@ def _run_flow(args: argparse.Namespace) -> None:
 
 def _run_inspect(args: argparse.Namespace) -> None:
     from raft_engine.io import read_image
-    from raft_engine.report import write_report
+    from raft_engine.tools.inspection_html import write_report
     from raft_engine.weights import load_model
 
     _check_iters(args)
@@ -735,7 +735,7 @@ def _run_export(args: argparse.Namespace) -> None:
     try:
         if args.triton_repository is not None:
             # The repository is checked before the model is loaded and traced: a refusal costs nothing.
-            from raft_engine.export.triton import check_repository
+            from raft_engine.export.triton_server import check_repository
 
             check_repository(args.triton_repository, args.force)
             result = export_triton(
@@ -774,8 +774,8 @@ def _run_demo(args: argparse.Namespace) -> None:
     from PIL import Image, ImageDraw
 
     from raft_engine.io import write_flo, write_image
+    from raft_engine.io.visualize import flow_to_color
     from raft_engine.scenes import TRAINING_SEED_START, generate_pair
-    from raft_engine.viz import flow_to_color
     from raft_engine.weights import load_model
 
     if not 0 <= args.seed < TRAINING_SEED_START:
@@ -830,7 +830,7 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 
 def _run_selftest(args: argparse.Namespace) -> int:
-    from raft_engine.selftest import main as selftest
+    from raft_engine.tools.selftest import main as selftest
 
     return selftest(args)
 
@@ -859,7 +859,7 @@ def _evaluate_engine(args: argparse.Namespace) -> tuple[object, str]:
         return OrtFlowSession(args.onnx, providers=args.providers or "auto"), args.onnx
     if args.providers is not None:
         raise UserError("--providers applies with --onnx only")
-    from raft_engine.engine import FlowEngine
+    from raft_engine.runtime.engine import FlowEngine
     from raft_engine.weights import load_model
 
     options = {
@@ -869,7 +869,7 @@ def _evaluate_engine(args: argparse.Namespace) -> tuple[object, str]:
 
 
 def _check_evaluate_args(args: argparse.Namespace) -> None:
-    from raft_engine.datasets import dataset_name
+    from raft_engine.evaluation.datasets import dataset_name
 
     dataset_name(args.dataset)  # an unknown name fails before a model loads
     _check_iters(args)
@@ -885,7 +885,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     import json
 
     from raft_engine import __version__
-    from raft_engine.evaluate import evaluate, format_table, write_submission
+    from raft_engine.evaluation.runner import evaluate, format_table, write_submission
 
     _check_evaluate_args(args)
     engine, weights = _evaluate_engine(args)
@@ -918,7 +918,7 @@ _OPTIONAL = {
 }
 
 
-# What runs each command; `bench` is not here: main() hands it to raft_engine.benchmark before parsing.
+# What runs each command; `bench` is not here: main() hands it to raft_engine.tools.benchmark before parsing.
 _COMMANDS = {
     "flow": _run_flow,
     "inspect": _run_inspect,
@@ -933,7 +933,7 @@ _COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # the benchmark has its own options: python bench.py --help
-        from raft_engine.benchmark import main as bench
+        from raft_engine.tools.benchmark import main as bench
 
         return bench(argv[1:])
     parser = _build_parser()

@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from raft_engine.model import RAFT, RAFTOutput
+from raft_engine.model.raft import RAFT, RAFTOutput
 
-log = logging.getLogger("raft_engine.engine")
+log = logging.getLogger("raft_engine.runtime.engine")
 
 
 def _recompile_limit(limit: int) -> contextlib.AbstractContextManager:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from raft_engine.upsampling import compute_dtype
+from raft_engine.model.upsampling import compute_dtype
 
 # Building a half-precision volume goes through float32 in row chunks of at most this many bytes,
 # so the float32 volume never exists whole.

@@ -24,7 +24,7 @@ from tritonclient.grpc import model_config_pb2
 
 from raft_engine.cli import main
 from raft_engine.export import OrtFlowSession, triton_flow, triton_model_config
-from raft_engine.export.triton import check_repository
+from raft_engine.export.triton_server import check_repository
 from raft_engine.scenes import scene_tensors
 
 ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: model_config_pb2.TYPE_FP32}

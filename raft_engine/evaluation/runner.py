@@ -1,7 +1,7 @@
 """Evaluation on the standard datasets with the published protocol, and the benchmarks' submissions.
 
 `evaluate(engine, dataset, root)` runs every pair of a dataset's evaluation splits (as distributed;
-see `raft_engine.datasets`) and returns one record per split: EPE, the fractions of pixels with an
+see `raft_engine.evaluation.datasets`) and returns one record per split: EPE, the fractions of pixels with an
 error under 1, 3 and 5 px, Fl-all, the matched/unmatched EPE (Sintel, where the occlusion masks
 exist) and the non-occluded metrics (KITTI, where flow_noc exists), a per-scene breakdown and the
 settings. It follows princeton-vl/RAFT's evaluate.py: validate_sintel (32 iterations, "sintel"
@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from raft_engine.datasets import GroundTruth, Sample, Split, load_splits, load_test_splits, read_ground_truth
-from raft_engine.engine import FlowEngine
-from raft_engine.inputs import Padder, check_padding, positive_int
+from raft_engine.evaluation.datasets import GroundTruth, Sample, Split, load_splits, load_test_splits, read_ground_truth
 from raft_engine.io import read_image, write_flo, write_kitti_flow
-from raft_engine.warm_start import forward_interpolate
+from raft_engine.model.warm_start import forward_interpolate
+from raft_engine.runtime.engine import FlowEngine
+from raft_engine.runtime.inputs import Padder, check_padding, positive_int
 
 __all__ = ["Tally", "end_point_error", "evaluate", "fl_outliers", "format_table", "write_submission"]
 
@@ -277,7 +277,7 @@ def evaluate(
     dataset: "sintel" (splits clean, final), "kitti-2015" or "kitti" (training), "kitti-2012"
         (training), "chairs" (validation; or training), "middlebury" (other), "hd1k" (training), or
         "list" (root is a text file of `image1 image2 flow` lines). split: one of them only.
-    iters, padding: None for the dataset's published protocol (`raft_engine.datasets.PROTOCOLS`).
+    iters, padding: None for the dataset's published protocol (`raft_engine.evaluation.datasets.PROTOCOLS`).
     limit: the first N pairs of each split only. weights: a label for the records.
 
     Each record: dataset, split, pairs, pixels, epe, px1, px3, px5, fl_all (fractions in 0..1),

@@ -36,8 +36,8 @@ from raft_engine.export.ort_session import (
     check_ondemand_tensors,
     check_tensors,
 )
-from raft_engine.inputs import ImageLike, Padder, check_padding, check_pair, positive_int, to_image_batch
-from raft_engine.model import RAFT, FlowResult
+from raft_engine.model.raft import RAFT, FlowResult
+from raft_engine.runtime.inputs import ImageLike, Padder, check_padding, check_pair, positive_int, to_image_batch
 
 log = logging.getLogger(__name__)
 

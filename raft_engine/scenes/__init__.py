@@ -1,0 +1,41 @@
+"""Generated image pairs and clips with exact ground-truth optical flow, deterministic by seed."""
+
+from raft_engine.scenes.layers import (
+    HELD_OUT_PHOTOS,
+    PHOTO_SOURCE,
+    STYLE_GROUPS,
+    SUPERSAMPLING,
+    TRAINING_PHOTOS,
+    TRAINING_SEED_START,
+    Layer,
+    Pose,
+    ScenePair,
+    SceneSequence,
+    SceneStyle,
+    Trajectory,
+    generate_pair,
+    generate_sequence,
+    load_photo,
+    make_texture,
+    scene_tensors,
+)
+
+__all__ = [
+    "HELD_OUT_PHOTOS",
+    "PHOTO_SOURCE",
+    "STYLE_GROUPS",
+    "SUPERSAMPLING",
+    "TRAINING_PHOTOS",
+    "TRAINING_SEED_START",
+    "Layer",
+    "Pose",
+    "ScenePair",
+    "SceneSequence",
+    "SceneStyle",
+    "Trajectory",
+    "generate_pair",
+    "generate_sequence",
+    "load_photo",
+    "make_texture",
+    "scene_tensors",
+]

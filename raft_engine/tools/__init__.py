@@ -1,0 +1,1 @@
+"""Tooling around the engine: the benchmark, selftest and the inspection's pictures."""

@@ -1,0 +1,1 @@
+"""Training RAFT on generated scenes."""
