@@ -11,8 +11,7 @@ import torch
 from PIL import Image
 
 from raft_engine import FlowEngine
-from raft_engine.io import read_flo, read_image, read_kitti_flow, write_flo, write_kitti_flow
-from raft_engine.io.visualize import flow_to_color
+from raft_engine.io import flow_to_color, read_flo, read_image, read_kitti_flow, write_flo, write_kitti_flow
 from raft_engine.runtime.inputs import to_image_batch
 
 

@@ -32,8 +32,7 @@ from PIL import Image
 from synthetic import synthetic_state_dict
 
 from raft_engine import FlowEngine, load_model
-from raft_engine.io import read_flo
-from raft_engine.io.visualize import flow_to_color
+from raft_engine.io import flow_to_color, read_flo
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from raft_engine.scenes import HELD_OUT_PHOTOS, STYLE_GROUPS, TRAINING_PHOTOS, SceneStyle, generate_pair
-from raft_engine.scenes import layers as scenes
+from raft_engine.scenes import v2 as scenes_v2
 
 
 def _backward_warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
@@ -166,7 +166,7 @@ def test_camera_flow_is_the_homography(style):
     exactly, wherever no object covers p (checked where the flow is not an object's)."""
     seed, height, width = 1_000_004, 96, 128
     pair = generate_pair(seed, height, width, style=style)
-    layers, tracks = scenes._layers_v2(seed, style, height, width, 0.15 * width)
+    layers, tracks = scenes_v2.layers_v2(seed, style, height, width, 0.15 * width)
     camera = tracks[0].camera
     assert camera is not None and tracks[0].shift == (0.0, 0.0)
     matrix = camera.matrix(1.0)
@@ -193,8 +193,8 @@ def test_wide_camera_widens_the_camera_and_changes_nothing_else():
     mild, wide = SceneStyle.v2().without("wide_camera"), SceneStyle.v2()
     pans = []
     for seed in range(1_000_000, 1_000_032):
-        layers, (first, *objects) = scenes._layers_v2(seed, mild, height, width, max_displacement)
-        layers_wide, (first_wide, *objects_wide) = scenes._layers_v2(seed, wide, height, width, max_displacement)
+        layers, (first, *objects) = scenes_v2.layers_v2(seed, mild, height, width, max_displacement)
+        layers_wide, (first_wide, *objects_wide) = scenes_v2.layers_v2(seed, wide, height, width, max_displacement)
         # Each object's own motion, outline and texture (the camera moves them all, differently).
         assert [(t.start, t.shift, t.spin, t.growth) for t in objects] == [
             (t.start, t.shift, t.spin, t.growth) for t in objects_wide
@@ -249,13 +249,13 @@ def test_blur_smears_along_the_motion():
 def test_photo_split_is_disjoint_and_training_draws_only_training_photos(monkeypatch):
     assert not set(TRAINING_PHOTOS) & set(HELD_OUT_PHOTOS)
     drawn = []
-    original = scenes.load_photo
+    original = scenes_v2.load_photo
 
     def recording(name):
         drawn.append(name)
         return original(name)
 
-    monkeypatch.setattr(scenes, "load_photo", recording)
+    monkeypatch.setattr(scenes_v2, "load_photo", recording)
     for seed in range(1_000_000, 1_000_006):
         generate_pair(seed, 48, 64, style=SceneStyle(photos=True))
     assert drawn and set(drawn) <= set(TRAINING_PHOTOS)

@@ -18,6 +18,7 @@ from raft_engine import FlowEngine, load_model
 from raft_engine.cli import main
 from raft_engine.io import (
     VideoWriter,
+    flow_to_color,
     read_flo,
     read_kitti_flow,
     read_video,
@@ -26,7 +27,6 @@ from raft_engine.io import (
     write_kitti_flow,
     write_video,
 )
-from raft_engine.io.visualize import flow_to_color
 from raft_engine.scenes import generate_sequence
 
 av = pytest.importorskip("av", reason="PyAV (the [video] extra) is not installed")
@@ -173,7 +173,7 @@ def test_a_missing_decoder_package_names_the_extra(monkeypatch, tmp_path, workdi
 
 def test_flow_files_are_replaced_whole(tmp_path, monkeypatch):
     """An interrupted write (here, Ctrl-C at the rename) leaves the previous file, never a truncated one."""
-    import raft_engine.io.flow_files
+    import raft_engine.io.files
 
     old = np.ones((4, 5, 2), np.float32)
     write_flo(tmp_path / "f.flo", old)
@@ -182,7 +182,7 @@ def test_flow_files_are_replaced_whole(tmp_path, monkeypatch):
     def interrupted(source, target):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(raft_engine.io.flow_files.os, "replace", interrupted)
+    monkeypatch.setattr(raft_engine.io.files.os, "replace", interrupted)
     for write, name in ((write_flo, "f.flo"), (write_kitti_flow, "f.png")):
         with pytest.raises(KeyboardInterrupt):
             write(tmp_path / name, np.zeros((40, 50, 2), np.float32))

@@ -586,8 +586,7 @@ def _engine_estimator(args: argparse.Namespace) -> _Estimator:
 
 def _write_pair(frames: list[Path], args: argparse.Namespace, estimator: _Estimator) -> tuple[int, int]:
     """Estimate and write the flow of one pair -> the frames' (height, width)."""
-    from raft_engine.io import read_image, write_flo, write_image
-    from raft_engine.io.visualize import flow_to_color
+    from raft_engine.io import flow_to_color, read_image, write_flo, write_image
 
     image1, image2 = read_image(frames[0]), read_image(frames[1])
     flow = estimator.estimate(image1, image2, None).flow[0]
@@ -620,8 +619,7 @@ def _write_sequence(
 
     from tqdm import tqdm
 
-    from raft_engine.io import VideoWriter, as_flow_array, write_flo, write_image
-    from raft_engine.io.visualize import flow_to_color
+    from raft_engine.io import VideoWriter, as_flow_array, flow_to_color, write_flo, write_image
 
     every = args.every or 1
     fps = Fraction(args.fps) if args.fps else (source.fps / every if source.fps else Fraction(DEFAULT_FPS))
@@ -773,8 +771,7 @@ def _run_demo(args: argparse.Namespace) -> None:
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from raft_engine.io import write_flo, write_image
-    from raft_engine.io.visualize import flow_to_color
+    from raft_engine.io import flow_to_color, write_flo, write_image
     from raft_engine.scenes import TRAINING_SEED_START, generate_pair
     from raft_engine.weights import load_model
 
@@ -885,7 +882,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     import json
 
     from raft_engine import __version__
-    from raft_engine.evaluation.runner import evaluate, format_table, write_submission
+    from raft_engine.evaluation import evaluate, format_table, write_submission
 
     _check_evaluate_args(args)
     engine, weights = _evaluate_engine(args)

@@ -8,9 +8,6 @@ settings. It follows princeton-vl/RAFT's evaluate.py: validate_sintel (32 iterat
 padding, EPE over all pixels of all pairs), validate_kitti (24 iterations, "kitti" padding, EPE per
 image then over images, Fl-all over all valid pixels) and validate_chairs (24 iterations).
 
-`write_submission(engine, dataset, root, output)` writes what the Sintel and KITTI servers score,
-as create_sintel_submission (with its warm start) and create_kitti_submission.
-
 `engine` is a `FlowEngine`, an `OrtFlowSession` (an exported graph: its iteration count and input
 size are fixed) or any object with FlowEngine's `estimate(image1, image2, iters=, flow_init=)`. The
 images are padded here, with the dataset's padding, before the engine sees them, so the engine's own
@@ -23,119 +20,18 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from raft_engine.evaluation.datasets import GroundTruth, Sample, Split, load_splits, load_test_splits, read_ground_truth
-from raft_engine.io import read_image, write_flo, write_kitti_flow
-from raft_engine.model.warm_start import forward_interpolate
+from raft_engine.evaluation.datasets import Sample, Split, load_splits, read_ground_truth
+from raft_engine.evaluation.metrics import SplitTally
+from raft_engine.io import read_image
 from raft_engine.runtime.engine import FlowEngine
 from raft_engine.runtime.inputs import Padder, check_padding, positive_int
 
-__all__ = ["Tally", "end_point_error", "evaluate", "fl_outliers", "format_table", "write_submission"]
-
-# KITTI's outlier: an end-point error above 3 px and above 5% of the true flow's length.
-OUTLIER_PX = 3.0
-OUTLIER_FRACTION = 0.05
-THRESHOLDS = (1.0, 3.0, 5.0)
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-def end_point_error(flow: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(H, W, 2) and (H, W, 2) -> (H, W) Euclidean distance, in float64."""
-    return np.sqrt(np.square(flow.astype(np.float64) - truth.astype(np.float64)).sum(axis=-1))
-
-
-def fl_outliers(epe: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
-    """KITTI's outliers, as the published validate_kitti: error > 3 px and error / |truth| > 0.05 (both;
-    a zero-length truth makes any error above 3 px an outlier)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (epe > OUTLIER_PX) & (epe / magnitude > OUTLIER_FRACTION)
-
-
-@dataclass
-class Tally:
-    """The sums behind the metrics of a set of pairs: over pixels, and each pair's mean EPE."""
-
-    pairs: int = 0
-    pixels: int = 0
-    epe_sum: float = 0.0
-    under: list[int] = field(default_factory=lambda: [0] * len(THRESHOLDS))
-    outliers: int = 0
-    pair_epes: list[float] = field(default_factory=list)
-
-    def add(self, epe: np.ndarray, magnitude: np.ndarray) -> None:
-        """One pair: the errors and true flow lengths at its valid pixels (1-D). A pair without valid
-        pixels counts as a pair but adds no mean (the published code would average in a NaN)."""
-        self.pairs += 1
-        if epe.size == 0:
-            return
-        self.pixels += int(epe.size)
-        self.epe_sum += float(epe.sum())
-        self.under = [count + int((epe < limit).sum()) for count, limit in zip(self.under, THRESHOLDS, strict=True)]
-        self.outliers += int(fl_outliers(epe, magnitude).sum())
-        self.pair_epes.append(float(epe.mean()))
-
-    def summary(self, per_image_epe: bool) -> dict[str, Any]:
-        """pairs, pixels, epe, px1, px3, px5, fl_all (fractions in 0..1; None without valid pixels).
-        per_image_epe: EPE as the mean of the pairs' means (validate_kitti), else over all pixels."""
-        result: dict[str, Any] = {"pairs": self.pairs, "pixels": self.pixels}
-        if not self.pixels:
-            return {**result, "epe": None, "px1": None, "px3": None, "px5": None, "fl_all": None}
-        epe = float(np.mean(self.pair_epes)) if per_image_epe else self.epe_sum / self.pixels
-        fractions = {
-            f"px{int(limit)}": count / self.pixels for count, limit in zip(self.under, THRESHOLDS, strict=True)
-        }
-        return {**result, "epe": epe, **fractions, "fl_all": self.outliers / self.pixels}
-
-
-class _SplitTally:
-    """The tallies of one split: all valid pixels, per scene, and the masked subsets where they exist."""
-
-    def __init__(self) -> None:
-        self.all = Tally()
-        self.scenes: dict[str, Tally] = {}
-        self.noc: Tally | None = None
-        self.matched: Tally | None = None
-        self.unmatched: Tally | None = None
-        self.invalid_pixels = 0
-
-    def add(self, scene: str, flow: np.ndarray, truth: GroundTruth) -> None:
-        epe = end_point_error(flow, truth.flow)
-        magnitude = np.linalg.norm(truth.flow.astype(np.float64), axis=-1)
-        valid = truth.valid
-        self.all.add(epe[valid], magnitude[valid])
-        self.scenes.setdefault(scene, Tally()).add(epe[valid], magnitude[valid])
-        if truth.noc_flow is not None and truth.noc_valid is not None:
-            self.noc = self.noc or Tally()
-            noc_epe = end_point_error(flow, truth.noc_flow)
-            noc_magnitude = np.linalg.norm(truth.noc_flow.astype(np.float64), axis=-1)
-            self.noc.add(noc_epe[truth.noc_valid], noc_magnitude[truth.noc_valid])
-        if truth.occluded is not None:
-            # Matched (visible in both frames) and unmatched (occluded) pixels, as the Sintel benchmark
-            # splits them; pixels of Sintel's invalid masks count in neither.
-            counted = valid if truth.invalid is None else valid & ~truth.invalid
-            self.invalid_pixels += int((valid & ~counted).sum())
-            self.matched, self.unmatched = self.matched or Tally(), self.unmatched or Tally()
-            for tally, mask in ((self.matched, counted & ~truth.occluded), (self.unmatched, counted & truth.occluded)):
-                tally.add(epe[mask], magnitude[mask])
-
-    def record(self, per_image_epe: bool) -> dict[str, Any]:
-        record = self.all.summary(per_image_epe)
-        extra: dict[str, Any] = {"epe_matched": None, "epe_unmatched": None, "epe_noc": None, "fl_noc": None}
-        if self.matched is not None and self.unmatched is not None:
-            matched, unmatched = self.matched.summary(per_image_epe), self.unmatched.summary(per_image_epe)
-            extra.update(epe_matched=matched["epe"], epe_unmatched=unmatched["epe"], matched=matched)
-            extra.update(unmatched=unmatched, invalid_pixels=self.invalid_pixels)
-        if self.noc is not None:
-            noc = self.noc.summary(per_image_epe)
-            extra.update(epe_noc=noc["epe"], fl_noc=noc["fl_all"], occ=dict(record), noc=noc)
-        scenes = {name: tally.summary(per_image_epe) for name, tally in self.scenes.items()}
-        return {**record, **extra, "scenes": scenes}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -175,7 +71,7 @@ def describe(engine: Any) -> dict[str, Any]:
     return {**{name: getattr(engine, name, None) for name in settings}, "onnx": None}
 
 
-class _Runner:
+class PairRunner:
     """Runs pairs through the engine, padded as the protocol says, and checks what a graph fixes."""
 
     def __init__(self, engine: Any) -> None:
@@ -230,7 +126,7 @@ class _Runner:
         return flow, result.flow_low
 
 
-def _read_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+def read_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     image1, image2 = read_image(sample.image1), read_image(sample.image2)
     if image1.shape != image2.shape:
         raise ValueError(
@@ -240,14 +136,14 @@ def _read_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     return image1, image2
 
 
-def _progress(samples, description: str, progress: bool):
+def progress_bar(samples, description: str, progress: bool):
     from tqdm import tqdm
 
     # disable=None: tqdm shows the bar on a terminal only (as the flow command's).
     return tqdm(samples, desc=description, unit="pair", disable=not progress or None, file=sys.stderr)
 
 
-def _check_options(iters: int | None, padding: str | None, limit: int | None) -> None:
+def check_options(iters: int | None, padding: str | None, limit: int | None) -> None:
     if iters is not None:
         positive_int("iters", iters)
     if padding is not None:
@@ -286,8 +182,8 @@ def evaluate(
     blocks), scenes (the same metrics per scene), and the settings: weights, iters, padding, backend,
     dtype, device, variant, corr, compiled, onnx, published_protocol, limit, total_pairs, seconds.
     """
-    _check_options(iters, padding, limit)
-    runner = _Runner(engine)
+    check_options(iters, padding, limit)
+    runner = PairRunner(engine)
     records = []
     for split_data in load_splits(dataset, root, split):
         records.append(_evaluate_split(runner, split_data, iters, padding, limit, progress))
@@ -296,16 +192,16 @@ def evaluate(
 
 
 def _evaluate_split(
-    runner: _Runner, split: Split, iters: int | None, padding: str | None, limit: int | None, progress: bool
+    runner: PairRunner, split: Split, iters: int | None, padding: str | None, limit: int | None, progress: bool
 ) -> dict[str, Any]:
     protocol = split.protocol
     run_iters = runner.iterations(iters, protocol.iters)
     run_padding = protocol.padding if padding is None else padding
     samples = split.samples[:limit] if limit else split.samples
-    tally = _SplitTally()
+    tally = SplitTally()
     start = time.perf_counter()
-    for sample in _progress(samples, f"{split.dataset} {split.split}", progress):
-        pair = _read_pair(sample)
+    for sample in progress_bar(samples, f"{split.dataset} {split.split}", progress):
+        pair = read_pair(sample)
         truth = read_ground_truth(sample, pair[0].shape[:2])  # before the model: a bad file fails at once
         flow, _ = runner.run(sample, pair, run_iters, run_padding)
         tally.add(sample.scene, flow, truth)
@@ -321,106 +217,3 @@ def _evaluate_split(
         "total_pairs": len(split.samples),
         "seconds": time.perf_counter() - start,
     }
-
-
-def _cell(value: Any, percent: bool) -> str:
-    if value is None:
-        return "-"
-    return f"{100 * value:.2f}%" if percent else f"{value:.3f}"
-
-
-# (header, record key, shown as a percentage); a column appears when some record has a value for it.
-_COLUMNS = (
-    ("EPE", "epe", False),
-    ("<1px", "px1", True),
-    ("<3px", "px3", True),
-    ("<5px", "px5", True),
-    ("Fl-all", "fl_all", True),
-    ("matched", "epe_matched", False),
-    ("unmatched", "epe_unmatched", False),
-    ("EPE-noc", "epe_noc", False),
-    ("Fl-noc", "fl_noc", True),
-)
-
-
-def format_table(records: list[dict[str, Any]]) -> str:
-    """The records as a text table: one row per (dataset, split)."""
-    columns = [c for c in _COLUMNS if any(r.get(c[1]) is not None for r in records)]
-    header = ["dataset", "split", "pairs", *(title for title, _, _ in columns)]
-    rows = [
-        [r["dataset"], r["split"], str(r["pairs"]), *(_cell(r.get(key), percent) for _, key, percent in columns)]
-        for r in records
-    ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in [header, *rows]
-    ]
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------
-# Submissions
-
-
-def write_submission(
-    engine: object,
-    dataset: str,
-    root: str | os.PathLike,
-    output: str | os.PathLike,
-    *,
-    iters: int | None = None,
-    padding: str | None = None,
-    warm_start: bool = True,
-    limit: int | None = None,
-    progress: bool = False,
-) -> list[Path]:
-    """Write the test-set flow that a benchmark server scores -> the files written.
-
-    "sintel": as the published create_sintel_submission: test/{clean,final}, 32 iterations, each pair
-        of a scene started from the previous pair's 1/8 flow carried forward (`forward_interpolate`),
-        each scene started cold; output/{clean,final}/SCENE/frameNNNN.flo, NNNN from 0001 for the
-        first pair (the layout Sintel's bundler reads). warm_start=False: every pair cold.
-    "kitti-2015", "kitti-2012": as the published create_kitti_submission: testing/, 24 iterations,
-        "kitti" padding; output/NNNNNN_10.png, 16-bit KITTI PNG, every pixel valid.
-    limit: the first N pairs of each pass only (a check, not a submission).
-    """
-    _check_options(iters, padding, limit)
-    runner = _Runner(engine)
-    out = Path(output)
-    written = []
-    for split in load_test_splits(dataset, root):
-        sintel = split.dataset == "sintel"
-        if sintel and warm_start and runner.onnx:
-            raise ValueError(
-                "the Sintel submission's warm start needs flow_init, which an exported graph does not take: "
-                "use a checkpoint, or no warm start (--no-warm-start)"
-            )
-        run_iters = runner.iterations(iters, split.protocol.iters)
-        run_padding = split.protocol.padding if padding is None else padding
-        samples = split.samples[:limit] if limit else split.samples
-        flow_init, previous_scene = None, None
-        for sample in _progress(samples, f"{split.dataset} {split.split}", progress):
-            if sample.scene != previous_scene:
-                flow_init = None  # each scene starts cold
-            flow, flow_low = runner.run(sample, _read_pair(sample), run_iters, run_padding, flow_init)
-            if sintel:
-                path = out / split.split / sample.scene / f"frame{sample.frame + 1:04d}.flo"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_flo(path, flow)
-                if warm_start:
-                    if flow_low is None:
-                        raise ValueError("the engine returned no flow_low: warm start is not available")
-                    flow_init = forward_interpolate(flow_low)
-            else:
-                path = out / sample.image1.name
-                path.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    write_kitti_flow(path, flow)
-                except ValueError as error:
-                    raise ValueError(f"{path}: {error}") from error
-            written.append(path)
-            previous_scene = sample.scene
-    return written

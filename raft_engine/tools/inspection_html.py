@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from raft_engine.io.visualize import flow_to_color
+from raft_engine.io import flow_to_color
 from raft_engine.runtime.trace import FlowTrace, PixelTrace
 
 _SEQUENTIAL = np.array([[20, 12, 60], [60, 40, 120], [35, 115, 140], [95, 195, 100], [250, 230, 40]], np.float64)

@@ -1,0 +1,214 @@
+"""Reading and writing video files through PyAV (FFmpeg's libraries in its wheels, libx264 included):
+`pip install av`, or the project's `video` extra."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from fractions import Fraction
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"})
+VIDEO_INSTALL = 'pip install av, or the project\'s video extra: pip install -e ".[video]"'
+
+
+def _import_av() -> ModuleType:
+    """The av module, or a ModuleNotFoundError (name "av") that says how to install it."""
+    try:
+        import av
+    except ModuleNotFoundError as error:
+        if error.name != "av":
+            raise
+        raise ModuleNotFoundError(f"video needs PyAV (the av package): {VIDEO_INSTALL}", name="av") from error
+    return av
+
+
+def _as_fraction(fps: float | Fraction) -> Fraction:
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)) or not 0 < fps < 10_000:
+        raise ValueError(f"frame rate must be a positive number of frames per second, got {fps!r}")
+    # 29.97 -> 2997/100; NTSC rates given as Fractions (30000/1001) stay exact.
+    return Fraction(fps).limit_denominator(100_000)
+
+
+class VideoReader:
+    """The frames of a video file, decoded one at a time as they are iterated: (H, W, 3) uint8 RGB.
+
+    What the container says, read when the reader is made: `fps` (a Fraction; None when unknown),
+    `frame_count` (None when the container does not record it, as in many MKV and WebM files),
+    `width`, `height`, `codec`. Each iteration opens the file anew and decodes from the start; the
+    file is closed when the iteration ends or is abandoned. Unreadable files raise a ValueError naming
+    the file; a decoding error part-way raises a ValueError after the frames before it.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no such video file: {self.path}")
+        self._av = _import_av()
+        container = self._open()
+        try:
+            stream = container.streams.video[0]
+            context = stream.codec_context
+            self.width: int = context.width
+            self.height: int = context.height
+            self.codec: str = context.name
+            rate = stream.average_rate or stream.guessed_rate
+            self.fps: Fraction | None = Fraction(rate) if rate else None
+            self.frame_count: int | None = stream.frames or None
+        finally:
+            container.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"VideoReader({str(self.path)!r}, {self.width}x{self.height}, {self.codec}, "
+            f"fps={self.fps}, frame_count={self.frame_count})"
+        )
+
+    def _open(self) -> Any:
+        try:
+            container = self._av.open(str(self.path), mode="r")
+        except (self._av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"cannot read video {self.path}: {error}") from error
+        if not container.streams.video:
+            container.close()
+            raise ValueError(f"cannot read video {self.path}: the file has no video stream")
+        return container
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        container = self._open()
+        try:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"  # frame-parallel decoding: the decoder keeps up with RAFT
+            decoded = container.decode(stream)
+            index = 0
+            while True:
+                try:
+                    frame = next(decoded)
+                except StopIteration:
+                    return
+                except self._av.error.FFmpegError as error:
+                    raise ValueError(f"{self.path}: decoding failed after {index} frame(s): {error}") from error
+                yield frame.to_ndarray(format="rgb24")
+                index += 1
+        finally:
+            container.close()
+
+
+def read_video(path: str | os.PathLike) -> VideoReader:
+    """A video file's frames as (H, W, 3) uint8 RGB arrays, decoded as they are iterated (never the
+    whole file at once); `.fps` and `.frame_count` say what the container knows. Needs PyAV."""
+    return VideoReader(path)
+
+
+def video_codec() -> str:
+    """The encoder that `VideoWriter` uses: libx264 (H.264) where PyAV's FFmpeg has it, as its wheels do;
+    else MPEG-4 part 2, with a warning."""
+    av = _import_av()
+    if "libx264" in av.codecs_available:
+        return "libx264"
+    warnings.warn("PyAV's FFmpeg has no libx264 encoder: writing MPEG-4 part 2 video instead of H.264", stacklevel=2)
+    return "mpeg4"
+
+
+class VideoWriter:
+    """Writes (H, W, 3) uint8 RGB frames to a video file as they come: H.264 (libx264, yuv420p, the
+    pixel format every player decodes) in the container of the file's suffix, MP4 for .mp4.
+
+    fps: frames per second (a Fraction keeps NTSC rates exact). crf: x264's quality, 0 (lossless) to 51;
+    18 is visually lossless for flow pictures. The stream takes the first frame's size; yuv420p needs
+    even sides, so an odd height or width gets one more row or column, a copy of the last. close() (or
+    leaving a `with` block, also through an exception) flushes the encoder and writes the container's
+    index, so that the frames written so far play; a writer closed before any frame removes its file.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float | Fraction = 30, crf: int = 18) -> None:
+        self.path = Path(path)
+        self.fps = _as_fraction(fps)
+        self._av = _import_av()
+        self.codec = video_codec()
+        self.crf = crf
+        if self.path.is_dir():
+            raise IsADirectoryError(f"cannot write video {self.path}: it is a folder")
+        try:
+            # PyAV opens the file only when the first frame is written: create it now, so that an
+            # unwritable path fails here, before any work.
+            self.path.open("wb").close()
+        except OSError as error:
+            raise OSError(f"cannot write video {self.path}: {error}") from error
+        try:
+            self._container = self._av.open(str(self.path), mode="w")
+        except (self._av.error.FFmpegError, OSError, ValueError) as error:
+            self.path.unlink(missing_ok=True)
+            raise OSError(f"cannot write video {self.path}: {error}") from error
+        self._stream: Any = None
+        self._size: tuple[int, int] | None = None
+        self.frames_written = 0
+        self.closed = False
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _start(self, height: int, width: int) -> None:
+        self._stream = self._container.add_stream(self.codec, rate=self.fps)
+        self._stream.width, self._stream.height = width + width % 2, height + height % 2
+        self._stream.pix_fmt = "yuv420p"
+        if self.codec == "libx264":
+            self._stream.options = {"crf": str(self.crf)}
+        self._size = (height, width)
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one (H, W, 3) uint8 RGB frame, of the first frame's size."""
+        if self.closed:
+            raise ValueError(f"{self.path}: the video writer is closed")
+        if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3):
+            raise ValueError(f"expected an (H, W, 3) uint8 frame, got {getattr(frame, 'shape', type(frame))}")
+        height, width = frame.shape[:2]
+        if self._size is None:
+            self._start(height, width)
+        elif (height, width) != self._size:
+            raise ValueError(
+                f"{self.path}: frame {self.frames_written} is {height}x{width} (HxW), the video is "
+                f"{self._size[0]}x{self._size[1]}"
+            )
+        if height % 2 or width % 2:
+            frame = np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+        picture = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        picture.pts = self.frames_written  # in the stream's time base, 1 / fps
+        self._mux(self._stream.encode(picture))
+        self.frames_written += 1
+
+    def _mux(self, packets: Iterable) -> None:
+        try:
+            for packet in packets:
+                self._container.mux(packet)
+        except (self._av.error.FFmpegError, OSError) as error:
+            raise OSError(f"cannot write video {self.path}: {error}") from error
+
+    def close(self) -> None:
+        """Flush the encoder and close the file (again: nothing)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self._stream is not None:
+                self._mux(self._stream.encode(None))
+        finally:
+            self._container.close()
+            if self.frames_written == 0:
+                self.path.unlink(missing_ok=True)
+
+
+def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float | Fraction = 30) -> int:
+    """Write (H, W, 3) uint8 RGB frames as an H.264 video (see `VideoWriter`) -> the number written."""
+    with VideoWriter(path, fps) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return writer.frames_written
