@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from raft_engine.errors import ExportError, InputError, InputTypeError
 from raft_engine.export.ort_session import (
     MAX_DYNAMIC_SIDE,
     MAX_TENSOR_ELEMENTS,
@@ -61,10 +62,6 @@ DYNAMIC_TRACE_SIZE = (256, 320)
 # model's own drift, measured 1.4e-3 (RAFT-small) and 4.3e-4 (RAFT-large) with synthetic weights on a
 # generated 128x160 pair, 6 iterations.
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3}
-
-
-class ExportError(RuntimeError):
-    """The exported graph does not do what was asked (wrong shapes, custom ops, numbers off)."""
 
 
 @dataclass(frozen=True)
@@ -131,12 +128,12 @@ def resolve_corr(
 ) -> tuple[str, str]:
     """The correlation an export uses, "volume" or "ondemand", and why, for `batch` pairs at height x width."""
     if corr not in CORR_CHOICES:
-        raise ValueError(f"unknown corr {corr!r}; expected one of {CORR_CHOICES}")
+        raise InputError(f"unknown corr {corr!r}; expected one of {CORR_CHOICES}")
     if isinstance(corr_budget, bool) or not isinstance(corr_budget, (int, float)) or not corr_budget > 0:
-        raise ValueError(f"corr_budget must be a positive number of bytes, got {corr_budget!r}")
+        raise InputError(f"corr_budget must be a positive number of bytes, got {corr_budget!r}")
     if dynamic_size:
         if corr == "volume":
-            raise ValueError(
+            raise InputError(
                 "dynamic_size=True needs corr='ondemand' (or 'auto'): the dense volume grows with the square of the "
                 "image area and passes ONNX Runtime's 32-bit indexing limit at 2160x3840 for one pair"
             )
@@ -155,25 +152,25 @@ def _check_size(model: RAFT, height: int | None, width: int | None, dynamic_size
         height, width = DYNAMIC_TRACE_SIZE
     if height is None or width is None:
         if dynamic_size:
-            raise ValueError("give both height and width (the size to trace at), or neither (256x320)")
-        raise ValueError(
+            raise InputError("give both height and width (the size to trace at), or neither (256x320)")
+        raise InputError(
             "height and width are required: an ONNX export has a fixed input size (dynamic_size=True for any size)"
         )
     height, width = positive_int("height", height), positive_int("width", width)
     if height % 8 or width % 8:
-        raise ValueError(
+        raise InputError(
             f"height and width must be multiples of 8, got {height}x{width}; pad the images "
             "(OrtFlowSession pads and crops like FlowEngine)"
         )
     minimum = model.config.min_image_size
     if height < minimum or width < minimum:
-        raise ValueError(f"{height}x{width} is too small for RAFT: at least {minimum}x{minimum}")
+        raise InputError(f"{height}x{width} is too small for RAFT: at least {minimum}x{minimum}")
     if dynamic_size:
         if height > MAX_DYNAMIC_SIDE or width > MAX_DYNAMIC_SIDE:
-            raise ValueError(f"a dynamic-size graph takes sides up to {MAX_DYNAMIC_SIDE}, got {height}x{width}")
+            raise InputError(f"a dynamic-size graph takes sides up to {MAX_DYNAMIC_SIDE}, got {height}x{width}")
         if height == width:
             # torch.export would see one value in both dimensions and may tie them into one.
-            raise ValueError(f"trace a dynamic-size graph at unequal height and width, got {height}x{width}")
+            raise InputError(f"trace a dynamic-size graph at unequal height and width, got {height}x{width}")
     return height, width
 
 
@@ -207,11 +204,11 @@ def export_onnx(
         graph also at the smallest size it takes); an error above `TOLERANCE[dtype]` raises ExportError.
     """
     if not isinstance(model, RAFT):
-        raise TypeError(f"model must be a raft_engine.RAFT (see load_model), got {type(model).__name__}")
+        raise InputTypeError(f"model must be a raft_engine.RAFT (see load_model), got {type(model).__name__}")
     height, width = _check_size(model, height, width, dynamic_size)
     iters, batch = positive_int("iters", iters), positive_int("batch", batch)
     if dtype not in ONNX_DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {tuple(ONNX_DTYPES)}")
+        raise InputError(f"unknown dtype {dtype!r}; expected one of {tuple(ONNX_DTYPES)}")
     opset = _check_opset(opset)
     # torch.export specialises a batch dimension of 1, so a dynamic batch is traced with two pairs.
     traced_batch = max(batch, 2) if dynamic_batch else batch
@@ -299,7 +296,7 @@ def export_onnx(
 def _check_opset(opset: int) -> int:
     opset = positive_int("opset", opset)
     if opset < MIN_OPSET:
-        raise ValueError(f"opset {opset} is too old: RAFT's lookup needs GridSample, opset >= {MIN_OPSET}")
+        raise InputError(f"opset {opset} is too old: RAFT's lookup needs GridSample, opset >= {MIN_OPSET}")
     if opset >= 20:
         warnings.warn(
             f"opset {opset} writes GridSample mode 'linear', which TensorRT's ONNX parser has been seen to "

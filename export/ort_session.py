@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from raft_engine.errors import InputError, MissingFileError, ProviderError
 from raft_engine.model.raft import FlowResult
 from raft_engine.runtime.inputs import ImageLike, Padder, check_padding, check_pair, to_image_batch
 
@@ -41,13 +42,6 @@ MAX_DYNAMIC_SIDE = 8192
 DEFAULT_MIN_SIZE = 128
 
 
-class ProviderError(OSError):
-    """ONNX Runtime did not load the execution provider that was asked for and fell back to another.
-
-    An OSError, as a shared library that fails to load is in Python (ctypes raises OSError).
-    """
-
-
 def dense_volume_elements(batch: int, height: int, width: int) -> int:
     """Elements of the dense graph's correlation volume for `batch` pairs of `height` x `width` (padded)."""
     cells = (height // 8) * (width // 8)
@@ -67,7 +61,7 @@ def check_dense_volume(batch: int, height: int, width: int, advice: str | None =
         advice = "even one pair is too large: use a smaller size"
     elif advice is None:
         advice = f"use a batch of at most {fits}, or a smaller size"
-    raise ValueError(
+    raise InputError(
         f"batch {batch} at {height}x{width} gives a dense correlation volume of {elements:,} elements "
         f"(batch * ((H/8)*(W/8))^2), over the limit of {MAX_TENSOR_ELEMENTS:,} (2^31-1): ONNX Runtime's CUDA "
         f"kernels index tensors with 32-bit integers; {advice}; or export with corr='ondemand' (or use "
@@ -96,7 +90,7 @@ def check_ondemand_tensors(batch: int, height: int, width: int, variant: str = "
         return
     fits = MAX_TENSOR_ELEMENTS // ondemand_tensor_elements(1, height, width, variant)
     advice = f"use a batch of at most {fits}" if fits else "even one pair is too large: use a smaller size"
-    raise ValueError(
+    raise InputError(
         f"batch {batch} at {height}x{width} gives the on-demand RAFT-{variant} graph a tensor of {elements:,} "
         f"elements, over the limit of {MAX_TENSOR_ELEMENTS:,} (2^31-1) of ONNX Runtime's 32-bit indexing; {advice}"
     )
@@ -169,11 +163,11 @@ def quiet_session_options() -> onnxruntime.SessionOptions:
 def _resolve_provider(providers: str, available: list[str]) -> str:
     """Resolve `providers` to "cuda", "tensorrt" or "cpu", checked against ONNX Runtime's `available` ones."""
     if providers not in PROVIDER_CHOICES:
-        raise ValueError(f"unknown providers {providers!r}; expected one of {PROVIDER_CHOICES}")
+        raise InputError(f"unknown providers {providers!r}; expected one of {PROVIDER_CHOICES}")
     if providers == "auto":
         return "cuda" if "CUDAExecutionProvider" in available and torch.cuda.is_available() else "cpu"
     if providers != "cpu" and _GPU[providers] not in available:
-        raise ValueError(
+        raise InputError(
             f"ONNX Runtime here has no {_GPU[providers]} (available: {', '.join(available)}); install "
             "onnxruntime-gpu (in place of onnxruntime, not beside it), or use providers='cpu'"
         )
@@ -194,7 +188,7 @@ def _provider_list(
     """
     if provider == "cpu":
         if cuda_graph:
-            raise ValueError("cuda_graph=True needs the cuda provider")
+            raise InputError("cuda_graph=True needs the cuda provider")
         return ["CPUExecutionProvider"]
     cuda_options = {
         "device_id": str(device_id),
@@ -207,9 +201,9 @@ def _provider_list(
     if provider == "cuda":
         return [cuda, "CPUExecutionProvider"]
     if provider != "tensorrt":
-        raise ValueError(f"unknown provider {provider!r}")
+        raise InputError(f"unknown provider {provider!r}")
     if cuda_graph:
-        raise ValueError("cuda_graph=True is for the cuda provider")
+        raise InputError("cuda_graph=True is for the cuda provider")
     trt_options = {"device_id": str(device_id), "trt_fp16_enable": "1" if tensorrt_fp16 else "0"}
     if trt_cache is not None:
         engines, timing = trt_cache
@@ -301,7 +295,7 @@ class OrtFlowSession:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no such ONNX file: {path}")
+            raise MissingFileError(f"no such ONNX file: {path}")
         check_padding(padding)
         self.path = path
         self.padding = padding
@@ -325,7 +319,7 @@ class OrtFlowSession:
         meta = self.session.get_modelmeta().custom_metadata_map
         missing = [k for k in ("raft_engine.height", "raft_engine.width", "raft_engine.batch") if k not in meta]
         if missing:
-            raise ValueError(f"{path} was not exported by raft_engine.export (metadata {missing} missing)")
+            raise InputError(f"{path} was not exported by raft_engine.export (metadata {missing} missing)")
         self.metadata = dict(meta)
         # A dynamic-size graph has no height and width (None); graphs exported before the on-demand
         # export existed carry no corr or min_size: they are dense, with RAFT's minimum of 128.
@@ -342,7 +336,7 @@ class OrtFlowSession:
             check_tensors(self.corr, self.batch or 1, self.height, self.width, self.variant)
         self.outputs = [o.name for o in self.session.get_outputs()]
         if cuda_graph and (self.batch is None or self.dynamic_size):
-            raise ValueError("cuda_graph=True needs a graph exported with a fixed batch and size")
+            raise InputError("cuda_graph=True needs a graph exported with a fixed batch and size")
         self.cuda_graph = cuda_graph
         self._static: dict[str, torch.Tensor] = {}
         self.cpu_nodes: Counter = Counter()
@@ -376,15 +370,15 @@ class OrtFlowSession:
         """Raise ValueError unless the graph takes (padded) inputs of height x width."""
         if not self.dynamic_size:
             if (height, width) != (self.height, self.width):
-                raise ValueError(f"this graph was exported for {self.height}x{self.width}, got {height}x{width}")
+                raise InputError(f"this graph was exported for {self.height}x{self.width}, got {height}x{width}")
             return
         if height % 8 or width % 8:
-            raise ValueError(
+            raise InputError(
                 f"this dynamic-size graph takes heights and widths that are multiples of 8, got {height}x{width}: "
                 "pad the images (estimate() pads and crops like FlowEngine)"
             )
         if min(height, width) < self.min_size or max(height, width) > MAX_DYNAMIC_SIDE:
-            raise ValueError(
+            raise InputError(
                 f"this dynamic-size graph takes sides from {self.min_size} to {MAX_DYNAMIC_SIDE}, got {height}x{width}"
             )
 
@@ -413,7 +407,7 @@ class OrtFlowSession:
             self.check_input_size(*padder.padded_size)
         except ValueError as error:
             padded = f"{padder.padded_size[0]}x{padder.padded_size[1]}"
-            raise ValueError(f"images of {height}x{width} pad to {padded}: {error}") from None
+            raise InputError(f"images of {height}x{width} pad to {padded}: {error}") from None
         result = self._run(padder.pad(batch1).contiguous(), padder.pad(batch2).contiguous())
         flow_low = result.flow_low
         return FlowResult(flow=padder.unpad(result.flow), flow_low=flow_low)
@@ -429,12 +423,12 @@ class OrtFlowSession:
     def _run(self, padded1: torch.Tensor, padded2: torch.Tensor) -> FlowResult:
         batch = padded1.shape[0]
         if self.batch is not None and batch != self.batch:
-            raise ValueError(f"this graph was exported for batch {self.batch}, got {batch} pair(s)")
+            raise InputError(f"this graph was exported for batch {self.batch}, got {batch} pair(s)")
         if self.batch is None or self.dynamic_size:
             height, width = padded1.shape[-2:]
             check_tensors(self.corr, batch, height, width, self.variant)
         if padded1.is_cuda and padded1.device.index != self.device_id:
-            raise ValueError(f"the images are on {padded1.device}, this session on cuda:{self.device_id}")
+            raise InputError(f"the images are on {padded1.device}, this session on cuda:{self.device_id}")
         if self.cuda_graph and not padded1.is_cuda:
             # ONNX Runtime's graph replays on fixed device buffers: host images are copied there.
             gpu = torch.device("cuda", self.device_id)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raft_engine.errors import InputError, MissingDependency
 from raft_engine.export.onnx_export import (
     DEFAULT_CORR_BUDGET,
     DYNAMIC_TRACE_SIZE,
@@ -70,11 +71,11 @@ def check_repository(directory: str | os.PathLike, force: bool = False) -> Path:
     folder is written, and every other model in the repository is left as it is."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise ValueError(f"{directory} exists and is not a folder")
+        raise InputError(f"{directory} exists and is not a folder")
     if directory.is_dir() and any(directory.iterdir()) and not force:
         contents = sorted(p.name for p in directory.iterdir())
         shown = ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
-        raise ValueError(
+        raise InputError(
             f"the repository folder {directory} is not empty ({shown}); choose an empty or new folder, or pass "
             "force=True (--force) to write this model's folder in it, leaving the other models alone"
         )
@@ -84,17 +85,17 @@ def check_repository(directory: str | os.PathLike, force: bool = False) -> Path:
 def _check_model_name(name: str) -> str:
     # Letters, digits, '_', '-' and '.': a folder name, and a string config.pbtxt needs no escapes for.
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
-        raise ValueError(f"model name must be letters, digits, '_', '-' and '.' (a folder name), got {name!r}")
+        raise InputError(f"model name must be letters, digits, '_', '-' and '.' (a folder name), got {name!r}")
     return name
 
 
 def _check_options(max_batch_size: int, instances: int, workspace_bytes: int, queue_delay_us: int) -> None:
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 0:
-        raise ValueError(f"max_batch_size must be an integer >= 0, got {max_batch_size!r}")
+        raise InputError(f"max_batch_size must be an integer >= 0, got {max_batch_size!r}")
     positive_int("instances", instances)
     positive_int("workspace_bytes", workspace_bytes)
     if isinstance(queue_delay_us, bool) or not isinstance(queue_delay_us, int) or queue_delay_us < 0:
-        raise ValueError(f"queue_delay_us must be an integer >= 0, got {queue_delay_us!r}")
+        raise InputError(f"queue_delay_us must be an integer >= 0, got {queue_delay_us!r}")
 
 
 def _dims(value) -> list[int]:
@@ -131,10 +132,10 @@ def triton_model_config(
             dims = _dims(value)
             elem_type = value.type.tensor_type.elem_type
             if elem_type not in _TRITON_TYPES:
-                raise ValueError(f"{value.name} has ONNX element type {elem_type}, which this writer does not map")
+                raise InputError(f"{value.name} has ONNX element type {elem_type}, which this writer does not map")
             if max_batch_size > 0:
                 if dims[0] != -1:
-                    raise ValueError(
+                    raise InputError(
                         f"max_batch_size {max_batch_size} needs a graph with a dynamic batch; {value.name} has a fixed "
                         f"batch of {dims[0]} (export with dynamic_batch=True, or use max_batch_size 0)"
                     )
@@ -197,7 +198,7 @@ def export_triton(
     directory = check_repository(directory, force)
     for option in ("batch", "dynamic_batch"):
         if option in export_options:
-            raise ValueError(f"{option} is set by max_batch_size for a Triton repository")
+            raise InputError(f"{option} is set by max_batch_size for a Triton repository")
     served_batch = max(max_batch_size, 1)
     size = (height, width)
     if dynamic_size and height is None and width is None:
@@ -261,7 +262,9 @@ def triton_flow(
     try:
         import tritonclient.http as httpclient
     except ImportError as error:
-        raise ImportError("triton_flow needs tritonclient's HTTP client: pip install 'raft-engine[triton]'") from error
+        raise MissingDependency(
+            "triton_flow needs tritonclient's HTTP client: pip install 'raft-engine[triton]'"
+        ) from error
     check_padding(padding)
     batch1, batch2 = to_image_batch(image1, "image1"), to_image_batch(image2, "image2")
     check_pair(batch1, batch2)
@@ -276,7 +279,7 @@ def triton_flow(
         _check_served_shape(wanted.get("image1"), padded1.shape, padder, model_name)
         max_batch_size = int(client.get_model_config(model_name).get("max_batch_size", 0))
         if max_batch_size and padded1.shape[0] > max_batch_size:
-            raise ValueError(
+            raise InputError(
                 f"model {model_name!r} takes batches of up to {max_batch_size} (max_batch_size), got {padded1.shape[0]}"
             )
         inputs = []
@@ -297,19 +300,19 @@ def triton_flow(
 def _check_served_shape(served: list[int] | None, shape: tuple[int, ...], padder: Padder, model_name: str) -> None:
     """Refuse, before sending, what the served graph cannot take: a clear error instead of the server's."""
     if served is None or len(served) != 4:
-        raise ValueError(f"model {model_name!r} has no (B, 3, H, W) input image1 (metadata: {served}); is it RAFT?")
+        raise InputError(f"model {model_name!r} has no (B, 3, H, W) input image1 (metadata: {served}); is it RAFT?")
     batch, _, height, width = shape
     if served[0] not in (-1, batch):
-        raise ValueError(f"model {model_name!r} takes batches of {served[0]}, got {batch} pair(s)")
+        raise InputError(f"model {model_name!r} takes batches of {served[0]}, got {batch} pair(s)")
     fixed = [d for d in served[2:] if d != -1]
     if len(fixed) == 2 and (height, width) != tuple(served[2:]):
-        raise ValueError(
+        raise InputError(
             f"model {model_name!r} takes {served[2]}x{served[3]} images; images of {padder.height}x{padder.width} "
             f"pad to {height}x{width}"
         )
     if not fixed:
         if not (128 <= min(height, width) and max(height, width) <= MAX_DYNAMIC_SIDE):
-            raise ValueError(
+            raise InputError(
                 f"model {model_name!r} takes sides from 128 to {MAX_DYNAMIC_SIDE}; images of "
                 f"{padder.height}x{padder.width} pad to {height}x{width}"
             )

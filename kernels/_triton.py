@@ -8,6 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
+from raft_engine.errors import InputError
 from raft_engine.runtime.inputs import interpreting
 
 __all__ = [
@@ -29,15 +30,15 @@ def check_device(name: str, *tensors: torch.Tensor) -> None:
     """All tensors on one device, and one that the kernels can run on."""
     devices = {t.device for t in tensors}
     if len(devices) != 1:
-        raise ValueError(f"{name}: inputs are on different devices: {sorted(str(d) for d in devices)}")
+        raise InputError(f"{name}: inputs are on different devices: {sorted(str(d) for d in devices)}")
     (device,) = devices
     if device.type == "cpu" and not interpreting():
-        raise ValueError(
+        raise InputError(
             f"{name}: the Triton kernel got CPU tensors; it runs on CUDA, or on the CPU through Triton's "
             "interpreter when TRITON_INTERPRET=1 is set before triton is imported (or use the torch backend)"
         )
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"{name}: unsupported device {device}")
+        raise InputError(f"{name}: unsupported device {device}")
 
 
 def on_device(tensor: torch.Tensor):

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from raft_engine.errors import InputError
 from raft_engine.kernels._triton import (
     PYRAMID_DTYPES,
     check_device,
@@ -96,17 +97,17 @@ def _convex_upsample_kernel(
 def check_upsample_inputs(flow: torch.Tensor, up_mask: torch.Tensor) -> None:
     name = "convex_upsample"
     if flow.ndim != 4 or flow.shape[1] != 2:
-        raise ValueError(f"{name}: flow must be (B, 2, H, W), got {tuple(flow.shape)}")
+        raise InputError(f"{name}: flow must be (B, 2, H, W), got {tuple(flow.shape)}")
     if flow.dtype != torch.float32:
-        raise ValueError(f"{name}: flow must be float32, got {flow.dtype}")
+        raise InputError(f"{name}: flow must be float32, got {flow.dtype}")
     batch, _, height, width = flow.shape
     expected = (batch, 9 * FACTOR * FACTOR, height, width)
     if tuple(up_mask.shape) != expected:
-        raise ValueError(
+        raise InputError(
             f"{name}: up_mask has shape {tuple(up_mask.shape)}, expected {expected} for flow {tuple(flow.shape)}"
         )
     if up_mask.dtype not in PYRAMID_DTYPES:
-        raise ValueError(f"{name}: up_mask must be one of {PYRAMID_DTYPES}, got {up_mask.dtype}")
+        raise InputError(f"{name}: up_mask must be one of {PYRAMID_DTYPES}, got {up_mask.dtype}")
     check_device(name, flow, up_mask)
 
 

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from raft_engine.errors import InputError
 from raft_engine.kernels._triton import (
     PYRAMID_DTYPES,
     check_device,
@@ -106,30 +107,30 @@ def _corr_lookup_kernel(
 def check_lookup_inputs(corr_pyramid: list[torch.Tensor], coords: torch.Tensor, radius: int) -> None:
     name = "corr_lookup"
     if not 1 <= len(corr_pyramid) <= MAX_LEVELS:
-        raise ValueError(f"{name}: the kernel takes 1 to {MAX_LEVELS} pyramid levels, got {len(corr_pyramid)}")
+        raise InputError(f"{name}: the kernel takes 1 to {MAX_LEVELS} pyramid levels, got {len(corr_pyramid)}")
     if coords.ndim != 4 or coords.shape[1] != 2:
-        raise ValueError(f"{name}: coords must be (B, 2, H, W), got {tuple(coords.shape)}")
+        raise InputError(f"{name}: coords must be (B, 2, H, W), got {tuple(coords.shape)}")
     if coords.dtype != torch.float32:
-        raise ValueError(f"{name}: coords must be float32, got {coords.dtype}")
+        raise InputError(f"{name}: coords must be float32, got {coords.dtype}")
     if not isinstance(radius, int) or radius < 1:
-        raise ValueError(f"{name}: radius must be a positive integer, got {radius!r}")
+        raise InputError(f"{name}: radius must be a positive integer, got {radius!r}")
     batch, _, height, width = coords.shape
     for level, corr in enumerate(corr_pyramid):
         expected = (batch * height * width, 1, height >> level, width >> level)
         if tuple(corr.shape) != expected:
-            raise ValueError(
+            raise InputError(
                 f"{name}: pyramid level {level} has shape {tuple(corr.shape)}, expected {expected} for coords "
                 f"{tuple(coords.shape)}"
             )
         if corr.dtype not in PYRAMID_DTYPES or corr.dtype != corr_pyramid[0].dtype:
-            raise ValueError(
+            raise InputError(
                 f"{name}: pyramid levels must share one dtype of {PYRAMID_DTYPES}, "
                 f"got {[c.dtype for c in corr_pyramid]}"
             )
         if not corr.is_contiguous():
-            raise ValueError(f"{name}: pyramid level {level} must be contiguous")
+            raise InputError(f"{name}: pyramid level {level} must be contiguous")
         if min(corr.shape[-2:]) < 1:
-            raise ValueError(f"{name}: pyramid level {level} is empty: {tuple(corr.shape)}")
+            raise InputError(f"{name}: pyramid level {level} is empty: {tuple(corr.shape)}")
     check_device(name, coords, *corr_pyramid)
 
 

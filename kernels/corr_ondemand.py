@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from raft_engine.errors import InputError
 from raft_engine.kernels._triton import (
     PYRAMID_DTYPES,
     check_device,
@@ -139,30 +140,30 @@ def check_ondemand_inputs(
 ) -> None:
     name = "corr_ondemand"
     if not 1 <= len(fmap2_pyramid) <= MAX_LEVELS:
-        raise ValueError(f"{name}: the kernel takes 1 to {MAX_LEVELS} pyramid levels, got {len(fmap2_pyramid)}")
+        raise InputError(f"{name}: the kernel takes 1 to {MAX_LEVELS} pyramid levels, got {len(fmap2_pyramid)}")
     if not isinstance(radius, int) or radius < 1:
-        raise ValueError(f"{name}: radius must be a positive integer, got {radius!r}")
+        raise InputError(f"{name}: radius must be a positive integer, got {radius!r}")
     if fmap1.ndim != 4:
-        raise ValueError(f"{name}: fmap1 must be (B, H, W, D) channels-last, got {tuple(fmap1.shape)}")
+        raise InputError(f"{name}: fmap1 must be (B, H, W, D) channels-last, got {tuple(fmap1.shape)}")
     batch, height, width, dim = fmap1.shape
     if tuple(coords.shape) != (batch, 2, height, width):
-        raise ValueError(
+        raise InputError(
             f"{name}: coords has shape {tuple(coords.shape)}, expected {(batch, 2, height, width)} "
             f"for fmap1 {tuple(fmap1.shape)}"
         )
     if coords.dtype != torch.float32:
-        raise ValueError(f"{name}: coords must be float32, got {coords.dtype}")
+        raise InputError(f"{name}: coords must be float32, got {coords.dtype}")
     tensors = [fmap1, *fmap2_pyramid]
     if any(t.dtype != fmap1.dtype for t in tensors) or fmap1.dtype not in PYRAMID_DTYPES:
-        raise ValueError(f"{name}: features must share one dtype of {PYRAMID_DTYPES}, got {[t.dtype for t in tensors]}")
+        raise InputError(f"{name}: features must share one dtype of {PYRAMID_DTYPES}, got {[t.dtype for t in tensors]}")
     for level, fmap2 in enumerate(fmap2_pyramid):
         expected = (batch, height >> level, width >> level, dim)
         if tuple(fmap2.shape) != expected:
-            raise ValueError(f"{name}: fmap2 level {level} has shape {tuple(fmap2.shape)}, expected {expected}")
+            raise InputError(f"{name}: fmap2 level {level} has shape {tuple(fmap2.shape)}, expected {expected}")
         if min(expected[1:3]) < 1:
-            raise ValueError(f"{name}: fmap2 level {level} is empty: {expected}")
+            raise InputError(f"{name}: fmap2 level {level} is empty: {expected}")
     if not all(t.is_contiguous() for t in tensors):
-        raise ValueError(f"{name}: fmap1 and the fmap2 levels must be contiguous (channels-last)")
+        raise InputError(f"{name}: fmap1 and the fmap2 levels must be contiguous (channels-last)")
     check_device(name, coords, *tensors)
 
 

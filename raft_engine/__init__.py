@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from raft_engine.errors import RaftEngineError
 from raft_engine.model.config import RAFTConfig
 from raft_engine.model.raft import RAFT, FlowResult, RAFTOutput
 from raft_engine.runtime.engine import FlowEngine
@@ -12,4 +13,14 @@ try:
 except PackageNotFoundError:  # imported from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["PRESETS", "FlowEngine", "FlowResult", "RAFT", "RAFTConfig", "RAFTOutput", "load_model", "__version__"]
+__all__ = [
+    "PRESETS",
+    "FlowEngine",
+    "FlowResult",
+    "RAFT",
+    "RAFTConfig",
+    "RAFTOutput",
+    "RaftEngineError",
+    "load_model",
+    "__version__",
+]

@@ -24,18 +24,11 @@ from pathlib import Path
 
 import torch
 
+from raft_engine.errors import DownloadError, InputError, MissingFileError, WeightsError
 from raft_engine.model.config import VARIANTS, RAFTConfig
 from raft_engine.model.raft import RAFT
 
 log = logging.getLogger(__name__)
-
-
-class WeightsError(ValueError):
-    """A checkpoint that does not fit the model, or that cannot be obtained."""
-
-
-class DownloadError(OSError):
-    """A preset that is neither cached nor downloadable right now."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,9 +127,9 @@ def builtin_path(variant: str = "small") -> Path:
     path = BUILTIN_DIR / f"builtin-{variant}.pth"
     if not path.is_file():
         if variant == "small":
-            raise FileNotFoundError(f"the built-in weights are missing from this installation ({path})")
+            raise MissingFileError(f"the built-in weights are missing from this installation ({path})")
         shipped = sorted(p.stem for p in path.parent.glob("builtin-*.pth"))
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"this version of raft_engine ships no built-in RAFT-{variant} (no {path.name}); "
             f"built-in weights shipped: {', '.join(shipped) or 'none'}"
         )
@@ -261,7 +254,7 @@ def _download(name: str, preset: WeightsPreset, path: Path, timeout: float, prog
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such checkpoint file: {path}")
+        raise MissingFileError(f"no such checkpoint file: {path}")
     suffix = path.suffix.lower()
     if suffix in (".pth", ".pt"):
         try:
@@ -410,7 +403,7 @@ def to_native(
     if variant is None:
         variant = detected
     elif variant not in VARIANTS:
-        raise ValueError(f"unknown RAFT variant {variant!r}; expected one of {VARIANTS}")
+        raise InputError(f"unknown RAFT variant {variant!r}; expected one of {VARIANTS}")
     elif variant != detected:
         raise WeightsError(
             f"variant={variant!r} was requested, but the checkpoint's shapes are those of RAFT-{detected}"
@@ -463,7 +456,7 @@ def load_model(source: str | os.PathLike | Mapping[str, torch.Tensor], variant: 
         elif not path.is_file() and isinstance(source, str) and source in PRESETS:
             path = fetch_preset(source)
         elif not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"no checkpoint file {str(source)!r}, and it is not a weights name either "
                 f"({', '.join(map(repr, BUILTIN_NAMES))}, or a preset: {', '.join(PRESETS)})"
             )

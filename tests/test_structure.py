@@ -59,7 +59,7 @@ def test_the_triton_backend_without_triton_is_one_clear_error():
         "    print(type(error).__name__, error)\n"
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("ImportError backend='triton' needs the triton package, which is not installed")
+    assert done.stdout.startswith("MissingDependency backend='triton' needs the triton package, which is not installed")
 
 
 def _module_names() -> dict[str, Path]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from raft_engine.errors import RaftEngineError, UsageError
+
 if TYPE_CHECKING:
     from fractions import Fraction
 
@@ -22,10 +24,6 @@ if TYPE_CHECKING:
     from raft_engine.runtime.engine import FlowEngine
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
-
-
-class UserError(Exception):
-    """A mistake in the command line or its inputs: reported in one line, without a traceback."""
 
 
 def _natural_key(path: Path) -> list:
@@ -39,15 +37,15 @@ def collect_frames(inputs: list[str]) -> tuple[list[Path], bool]:
     if len(paths) == 1 and paths[0].is_dir():
         frames = sorted((p for p in paths[0].iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
         if len(frames) < 2:
-            raise UserError(f"folder {paths[0]} holds {len(frames)} image(s); at least 2 frames are needed")
+            raise UsageError(f"folder {paths[0]} holds {len(frames)} image(s); at least 2 frames are needed")
         return frames, False
     for path in paths:
         if path.is_dir():
-            raise UserError(f"{path} is a folder; give either one folder or a list of image files")
+            raise UsageError(f"{path} is a folder; give either one folder or a list of image files")
         if not path.is_file():
-            raise UserError(f"no such image file: {path}")
+            raise UsageError(f"no such image file: {path}")
     if len(paths) < 2:
-        raise UserError("give two frames, a list of frames, or a folder of frames")
+        raise UsageError("give two frames, a list of frames, or a folder of frames")
     return paths, len(paths) == 2
 
 
@@ -356,7 +354,7 @@ def _iters(args: argparse.Namespace) -> int:
 
 def _check_iters(args: argparse.Namespace) -> None:
     if args.iters is not None and args.iters < 1:
-        raise UserError(f"--iters must be >= 1, got {args.iters}")
+        raise UsageError(f"--iters must be >= 1, got {args.iters}")
 
 
 def _make_engine(args: argparse.Namespace, model: RAFT) -> FlowEngine:
@@ -371,21 +369,21 @@ def _make_engine(args: argparse.Namespace, model: RAFT) -> FlowEngine:
 def _check_flow_args(args: argparse.Namespace, single_pair: bool) -> None:
     _check_iters(args)
     if args.warm_start and single_pair:
-        raise UserError("--warm-start needs a sequence of more than two frames")
+        raise UsageError("--warm-start needs a sequence of more than two frames")
     if args.max_magnitude is not None and not args.max_magnitude > 0:
-        raise UserError(f"--max-magnitude must be positive, got {args.max_magnitude}")
+        raise UsageError(f"--max-magnitude must be positive, got {args.max_magnitude}")
     for name in ("every", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.start is not None and args.start < 0:
-        raise UserError(f"--start must be >= 0, got {args.start}")
+        raise UsageError(f"--start must be >= 0, got {args.start}")
     if args.end is not None and args.end <= (args.start or 0):
-        raise UserError(f"--end must be greater than --start ({args.start or 0}), got {args.end}")
+        raise UsageError(f"--end must be greater than --start ({args.start or 0}), got {args.end}")
     if args.fps is not None and not 0 < args.fps < 10_000:
-        raise UserError(f"--fps must be a positive frame rate, got {args.fps}")
+        raise UsageError(f"--fps must be a positive frame rate, got {args.fps}")
     if args.flo is not None and args.flo_dir is not None:
-        raise UserError("give --flo or --flo-dir, not both: for a sequence they are the same folder")
+        raise UsageError("give --flo or --flo-dir, not both: for a sequence they are the same folder")
 
 
 def _is_video_path(path: str | None) -> bool:
@@ -401,10 +399,10 @@ def _flow_input(args: argparse.Namespace) -> tuple[list[Path], Path | None, bool
     paths = [Path(p) for p in args.frames]
     videos = [path for path in paths if _is_video_path(str(path)) and not path.is_dir()]
     if videos and len(paths) > 1:
-        raise UserError(f"{videos[0]} is a video: give one video file alone, or image files")
+        raise UsageError(f"{videos[0]} is a video: give one video file alone, or image files")
     if videos:
         if not videos[0].is_file():
-            raise UserError(f"no such video file: {videos[0]}")
+            raise UsageError(f"no such video file: {videos[0]}")
         return [], videos[0], False
     frames, single_pair = collect_frames(args.frames)
     sequence_only = (args.flo_dir, args.png_dir, args.start, args.end, args.every, args.fps)
@@ -437,7 +435,7 @@ def _image_frames(paths: list[Path], args: argparse.Namespace) -> _Frames:
     stems = [frame.stem for frame in selected[:-1]]
     clashes = sorted({stem for stem in stems if stems.count(stem) > 1})
     if clashes:
-        raise UserError(
+        raise UsageError(
             f"several frames are named {clashes[0]!r} (in other folders or formats); their flows "
             "would overwrite each other in the output folder"
         )
@@ -450,7 +448,7 @@ def _image_frames(paths: list[Path], args: argparse.Namespace) -> _Frames:
                 first = path, image.shape
             elif image.shape != first[1]:
                 (h, w), (first_h, first_w) = image.shape[:2], first[1][:2]
-                raise UserError(f"{path} is {h}x{w} (HxW), but {first[0]} is {first_h}x{first_w}: every frame "
+                raise UsageError(f"{path} is {h}x{w} (HxW), but {first[0]} is {first_h}x{first_w}: every frame "
                                 "must have the size of the first")  # fmt: skip
             yield image
 
@@ -475,7 +473,7 @@ def _video_frames(path: Path, args: argparse.Namespace) -> _Frames:
             if first_shape is None:
                 first_shape = frame.shape
             elif frame.shape != first_shape:
-                raise UserError(f"{path}: frame {index} is {frame.shape[0]}x{frame.shape[1]} (HxW), but frame "
+                raise UsageError(f"{path}: frame {index} is {frame.shape[0]}x{frame.shape[1]} (HxW), but frame "
                                 f"{start} is {first_shape[0]}x{first_shape[1]}")  # fmt: skip
             yield frame
 
@@ -509,13 +507,13 @@ def _sequence_outputs(args: argparse.Namespace, video_input: bool) -> _Outputs:
     video_dir = outputs.video.parent if outputs.video is not None else None
     for folder in filter(None, (outputs.image_dir, outputs.flo_dir, outputs.kitti_dir, video_dir)):
         if folder.exists() and not folder.is_dir():
-            raise UserError(f"{folder} exists and is not a folder; a sequence writes one file per pair into a folder")
+            raise UsageError(f"{folder} exists and is not a folder; a sequence writes one file per pair into a folder")
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise UserError(f"cannot create the output folder {folder}: {error}") from error
+            raise UsageError(f"cannot create the output folder {folder}: {error}") from error
     if outputs.video is not None and outputs.video.is_dir():
-        raise UserError(f"{outputs.video} is a folder; -o names the video file to write")
+        raise UsageError(f"{outputs.video} is a folder; -o names the video file to write")
     return outputs
 
 
@@ -538,16 +536,16 @@ def _onnx_estimator(args: argparse.Namespace) -> _Estimator:
         f"--{name}" for name in ("device", "dtype", "backend", "corr", "variant") if getattr(args, name) is not None
     ]
     if given:
-        raise UserError(f"{', '.join(given)} do(es) not apply with --onnx: the exported graph fixes them")
+        raise UsageError(f"{', '.join(given)} do(es) not apply with --onnx: the exported graph fixes them")
     if args.warm_start:
-        raise UserError("--warm-start is not available with --onnx: the exported graph has no flow_init input")
+        raise UsageError("--warm-start is not available with --onnx: the exported graph has no flow_init input")
     if args.batch_size is not None:
-        raise UserError("--batch-size does not apply with --onnx: the exported graph runs one pair at a time")
+        raise UsageError("--batch-size does not apply with --onnx: the exported graph runs one pair at a time")
     padding = {} if args.padding is None else {"padding": args.padding}
     session = OrtFlowSession(args.onnx, providers=args.providers or "auto", **padding)
     exported_iters = int(session.metadata["raft_engine.iterations"])
     if args.iters is not None and args.iters != exported_iters:
-        raise UserError(f"{args.onnx} was exported with {exported_iters} iterations, not --iters {args.iters}")
+        raise UsageError(f"{args.onnx} was exported with {exported_iters} iterations, not --iters {args.iters}")
 
     def pairwise(frames: Iterator[np.ndarray]) -> Iterator:
         previous = next(frames)
@@ -568,7 +566,7 @@ def _engine_estimator(args: argparse.Namespace) -> _Estimator:
     from raft_engine.weights import load_model
 
     if args.providers is not None:
-        raise UserError("--providers applies with --onnx only")
+        raise UsageError("--providers applies with --onnx only")
     iters = _iters(args)
     model = load_model(_weights(args), variant=args.variant)
     engine = _make_engine(args, model)
@@ -673,7 +671,7 @@ def _run_flow(args: argparse.Namespace) -> None:
         head = list(itertools.islice(frames, 2))  # decoded before the model loads: a short input fails fast
         if len(head) < 2:
             chosen = " with --start/--end/--every" if (args.start, args.end, args.every) != (None,) * 3 else ""
-            raise UserError(f"{source.label}: {len(head)} frame(s) to read{chosen}; at least 2 frames are needed")
+            raise UsageError(f"{source.label}: {len(head)} frame(s) to read{chosen}; at least 2 frames are needed")
         estimator = _onnx_estimator(args) if args.onnx else _engine_estimator(args)
         start = time.perf_counter()
         pairs = _write_sequence(itertools.chain(head, frames), source, outputs, estimator, args)
@@ -721,12 +719,12 @@ def _run_export(args: argparse.Namespace) -> None:
     if args.triton_repository is None:
         given = [f"--{name.replace('_', '-')}" for name in _TRITON_ONLY if getattr(args, name) not in (None, False)]
         if given:
-            raise UserError(f"{', '.join(given)} need(s) --triton-repository DIR")
+            raise UsageError(f"{', '.join(given)} need(s) --triton-repository DIR")
     else:
         given = [flag for flag, value in (("-o", args.output), ("--batch", args.batch)) if value is not None]
         given += ["--dynamic-batch"] if args.dynamic_batch else []
         if given:
-            raise UserError(
+            raise UsageError(
                 f"{', '.join(given)} do(es) not apply with --triton-repository: the model goes to "
                 "DIR/NAME/1/model.onnx and --max-batch-size sets the batch"
             )
@@ -756,7 +754,7 @@ def _run_export(args: argparse.Namespace) -> None:
             **options,
         )
     except ExportError as error:
-        raise UserError(str(error)) from error
+        raise UsageError(str(error)) from error
     print(report)
 
 
@@ -776,13 +774,13 @@ def _run_demo(args: argparse.Namespace) -> None:
     from raft_engine.weights import load_model
 
     if not 0 <= args.seed < TRAINING_SEED_START:
-        raise UserError(f"--seed must be in 0..{TRAINING_SEED_START - 1}: larger seeds are the training data's")
+        raise UsageError(f"--seed must be in 0..{TRAINING_SEED_START - 1}: larger seeds are the training data's")
     _check_iters(args)
     iters = _iters(args)
     model = load_model(_weights(args))
     smallest = _smallest_side(model.config)
     if min(args.height, args.width) < smallest:
-        raise UserError(
+        raise UsageError(
             f"--height and --width must be at least {smallest} (RAFT-{model.config.variant} needs "
             f"{model.config.min_image_size} after padding to a multiple of 8), got {args.height}x{args.width}"
         )
@@ -852,10 +850,10 @@ def _evaluate_engine(args: argparse.Namespace) -> tuple[object, str]:
         given = [f"--{name}" for name in ("device", "dtype", "backend", "corr") if getattr(args, name) is not None]
         if given or args.compile:
             fixed = ", ".join(given + (["--compile"] if args.compile else []))
-            raise UserError(f"{fixed} do(es) not apply with --onnx: the exported graph fixes them")
+            raise UsageError(f"{fixed} do(es) not apply with --onnx: the exported graph fixes them")
         return OrtFlowSession(args.onnx, providers=args.providers or "auto"), args.onnx
     if args.providers is not None:
-        raise UserError("--providers applies with --onnx only")
+        raise UsageError("--providers applies with --onnx only")
     from raft_engine.runtime.engine import FlowEngine
     from raft_engine.weights import load_model
 
@@ -871,11 +869,11 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
     dataset_name(args.dataset)  # an unknown name fails before a model loads
     _check_iters(args)
     if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be >= 1, got {args.limit}")
+        raise UsageError(f"--limit must be >= 1, got {args.limit}")
     if args.submit and (args.json or args.split):
-        raise UserError("--submit writes the test set's flow: --json and --split apply to evaluation only")
+        raise UsageError("--submit writes the test set's flow: --json and --split apply to evaluation only")
     if args.no_warm_start and not args.submit:
-        raise UserError("--no-warm-start applies with --submit only")
+        raise UsageError("--no-warm-start applies with --submit only")
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
@@ -901,8 +899,10 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     )
     print(format_table(records))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"raft_engine": __version__, "records": records}, indent=1) + "\n")
+        from raft_engine.io.files import make_folder, write_atomically
+
+        make_folder(Path(args.json).parent)
+        write_atomically(args.json, json.dumps({"raft_engine": __version__, "records": records}, indent=1) + "\n")
 
 
 # Optional packages some commands need, and how to get them.
@@ -912,6 +912,7 @@ _OPTIONAL = {
     "onnxruntime": "pip install onnxruntime-gpu (or the CPU-only onnxruntime)",
     "av": 'pip install av (PyAV, the project\'s [video] extra: pip install -e ".[video]")',
     "tritonclient": "pip install 'tritonclient[http]' (the project's [triton] extra)",
+    "matplotlib": "pip install matplotlib (the project's [plot] extra)",
 }
 
 
@@ -945,13 +946,18 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = show_warning
     try:
         code = _COMMANDS[args.command](args)
-    except (UserError, ValueError, OSError) as error:
+    except ModuleNotFoundError as error:
+        # An optional package that this command needs: one line that says how to install it. Any other
+        # missing module is a broken installation (a bug), and keeps its traceback.
+        if error.name in _OPTIONAL:
+            print(f"raft-engine: error: {args.command} needs {error.name}: {_OPTIONAL[error.name]}", file=sys.stderr)
+            return 1
+        if not isinstance(error, RaftEngineError):
+            raise
         print(f"raft-engine: error: {error}", file=sys.stderr)
         return 1
-    except ModuleNotFoundError as error:
-        if error.name not in _OPTIONAL:
-            raise
-        print(f"raft-engine: error: {args.command} needs {error.name}: {_OPTIONAL[error.name]}", file=sys.stderr)
+    except RaftEngineError as error:  # a mistake in what was asked, or a missing resource: one line
+        print(f"raft-engine: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("raft-engine: interrupted", file=sys.stderr)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raft_engine.errors import InputError, MissingFileError
 from raft_engine.io import read_flo, read_kitti_flow
 
 DATASETS = ("sintel", "kitti-2015", "kitti-2012", "chairs", "middlebury", "hd1k", "list")
@@ -118,7 +119,7 @@ def dataset_name(name: str) -> str:
     """The canonical name of a dataset, or one error listing the known ones."""
     canonical = ALIASES.get(name, name)
     if canonical not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)} (or kitti for kitti-2015)")
+        raise InputError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)} (or kitti for kitti-2015)")
     return canonical
 
 
@@ -132,13 +133,13 @@ def read_flow_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     not decode is one ValueError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such flow file: {path}")
+        raise MissingFileError(f"no such flow file: {path}")
     try:
         if path.suffix.lower() == ".png":
             return read_kitti_flow(path)
         flow = read_flo(path)
     except (zlib.error, struct.error) as error:  # a PNG whose data stream is cut short, say
-        raise ValueError(f"{path}: corrupt flow file ({error})") from error
+        raise InputError(f"{path}: corrupt flow file ({error})") from error
     valid = np.isfinite(flow).all(axis=2) & (np.abs(flow) < DENSE_LIMIT).all(axis=2)
     return np.where(valid[..., None], flow, 0).astype(np.float32), valid
 
@@ -149,23 +150,23 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such mask file: {path}")
+        raise MissingFileError(f"no such mask file: {path}")
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("L")) > 127
     except (OSError, SyntaxError) as error:
-        raise ValueError(f"cannot read mask {path}: {error}") from error
+        raise InputError(f"cannot read mask {path}: {error}") from error
 
 
 def _check_size(path: Path, shape: tuple[int, ...], expected: tuple[int, int], image: Path) -> None:
     if tuple(shape[:2]) != expected:
-        raise ValueError(f"{path} is {shape[0]}x{shape[1]} (HxW), but its image {image} is {expected[0]}x{expected[1]}")
+        raise InputError(f"{path} is {shape[0]}x{shape[1]} (HxW), but its image {image} is {expected[0]}x{expected[1]}")
 
 
 def read_ground_truth(sample: Sample, size: tuple[int, int]) -> GroundTruth:
     """Decode a sample's ground truth and masks, each checked against the image size (H, W)."""
     if sample.flow is None:
-        raise ValueError(f"{sample.name}: no ground truth (a test set)")
+        raise InputError(f"{sample.name}: no ground truth (a test set)")
     flow, valid = read_flow_file(sample.flow)
     _check_size(sample.flow, flow.shape, size, sample.image1)
     noc_flow = noc_valid = None
@@ -187,16 +188,16 @@ def read_ground_truth(sample: Sample, size: tuple[int, int]) -> GroundTruth:
 def _folder(root: Path, relative: str, what: str) -> Path:
     """root/relative, which must be a folder: else one error saying which path the layout expects."""
     if not root.is_dir():
-        raise FileNotFoundError(f"no such dataset folder: {root}")
+        raise MissingFileError(f"no such dataset folder: {root}")
     folder = root / relative
     if not folder.is_dir():
-        raise FileNotFoundError(f"{root} is not {what}: expected the folder {folder}")
+        raise MissingFileError(f"{root} is not {what}: expected the folder {folder}")
     return folder
 
 
 def _file(path: Path, what: str) -> Path:
     if not path.is_file():
-        raise FileNotFoundError(f"missing {what}: expected {path}")
+        raise MissingFileError(f"missing {what}: expected {path}")
     return path
 
 
@@ -225,7 +226,7 @@ def _sintel_pass(root: Path, part: str, dstype: str) -> list[Sample]:
     for scene in _scenes(images):
         frames = _frames(scene, "*.png")
         if len(frames) < 2:
-            raise ValueError(f"{scene} holds {len(frames)} frame(s); a Sintel scene has at least 2")
+            raise InputError(f"{scene} holds {len(frames)} frame(s); a Sintel scene has at least 2")
         for index, (first, second) in enumerate(zip(frames[:-1], frames[1:], strict=True)):
             found = {
                 kind: _file(folder / scene.name / first.name, f"Sintel {kind} mask") for kind, folder in masks.items()
@@ -244,7 +245,7 @@ def _sintel_pass(root: Path, part: str, dstype: str) -> list[Sample]:
                 )
             )
     if not samples:
-        raise ValueError(f"{images} holds no scene folders of frames")
+        raise InputError(f"{images} holds no scene folders of frames")
     return samples
 
 
@@ -267,7 +268,7 @@ def _kitti(root: Path, dataset: str, part: str) -> list[Sample]:
             sample = Sample(first, second, frame_id, frame_id, flow=flow, noc=noc_flow)
         samples.append(sample)
     if not samples:
-        raise ValueError(f"{images} holds no NNNNNN_10.png frames")
+        raise InputError(f"{images} holds no NNNNNN_10.png frames")
     return samples
 
 
@@ -279,7 +280,7 @@ def _chairs(root: Path, split: str) -> list[Sample]:
     ]
     split_file = next((path for path in candidates if path.is_file()), None)
     if split_file is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"missing the FlyingChairs split file: expected {candidates[0]} (FlyingChairs_train_val.txt from "
             "the dataset's page; RAFT's chairs_split.txt is the same)"
         )
@@ -287,9 +288,9 @@ def _chairs(root: Path, split: str) -> list[Sample]:
     try:
         marks = [int(line) for line in split_file.read_text().split()]
     except ValueError as error:
-        raise ValueError(f"{split_file}: expected one 1 or 2 per line ({error})") from error
+        raise InputError(f"{split_file}: expected one 1 or 2 per line ({error})") from error
     if len(marks) != len(flows):
-        raise ValueError(f"{split_file} has {len(marks)} entries, but {data} holds {len(flows)} *_flow.flo files")
+        raise InputError(f"{split_file} has {len(marks)} entries, but {data} holds {len(flows)} *_flow.flo files")
     wanted = {"training": 1, "validation": 2}[split]
     samples = []
     for flow, mark in zip(flows, marks, strict=True):
@@ -314,7 +315,7 @@ def _middlebury(root: Path) -> list[Sample]:
             image2 = _file(images / scene.name / f"frame{number + 1:02d}.png", "Middlebury frame")
             samples.append(Sample(image1, image2, scene.name, f"{scene.name}/{flow.stem}", flow=flow, frame=index))
     if not samples:
-        raise ValueError(f"{truth} holds no SCENE/flowNN.flo files")
+        raise InputError(f"{truth} holds no SCENE/flowNN.flo files")
     return samples
 
 
@@ -333,7 +334,7 @@ def _hd1k(root: Path) -> list[Sample]:
             flow = _file(flows / first.name, "HD1K ground truth")
             samples.append(Sample(first, second, sequence, first.stem, flow=flow, frame=index))
     if not samples:
-        raise ValueError(f"{images} holds no sequences of SSSSSS_FFFF.png frames")
+        raise InputError(f"{images} holds no sequences of SSSSSS_FFFF.png frames")
     return samples
 
 
@@ -341,7 +342,7 @@ def load_list(path: Path) -> tuple[list[Sample], Protocol]:
     """A text file of `image1 image2 flow` lines -> its samples and protocol: KITTI's when the ground
     truth is PNG, Sintel's when it is .flo (a list mixing both is refused)."""
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no such list file: {path} (--dataset list takes a text file of 'image1 image2 flow' lines)"
         )
     samples: list[Sample] = []
@@ -349,21 +350,21 @@ def load_list(path: Path) -> tuple[list[Sample], Protocol]:
         try:
             fields = shlex.split(line, comments=True)
         except ValueError as error:
-            raise ValueError(f"{path}:{number}: {error}") from error
+            raise InputError(f"{path}:{number}: {error}") from error
         if not fields:
             continue
         if len(fields) != 3:
-            raise ValueError(f"{path}:{number}: expected 'image1 image2 flow', got {len(fields)} field(s)")
+            raise InputError(f"{path}:{number}: expected 'image1 image2 flow', got {len(fields)} field(s)")
         image1, image2, flow = (path.parent / field for field in fields)
         for file in (image1, image2, flow):
             _file(file, f"file named on line {number} of {path}")
         scene = str(Path(fields[0]).parent)
         samples.append(Sample(image1, image2, scene, fields[0], flow=flow, frame=len(samples)))
     if not samples:
-        raise ValueError(f"{path} lists no pairs")
+        raise InputError(f"{path} lists no pairs")
     kinds = {sample.flow.suffix.lower() == ".png" for sample in samples if sample.flow is not None}
     if len(kinds) > 1:
-        raise ValueError(f"{path} mixes .flo and KITTI PNG ground truth; give one kind per list")
+        raise InputError(f"{path} mixes .flo and KITTI PNG ground truth; give one kind per list")
     return samples, KITTI_PROTOCOL if kinds == {True} else SINTEL_PROTOCOL
 
 
@@ -386,10 +387,10 @@ def load_splits(dataset: str, root: str | os.PathLike, split: str | None = None)
     if dataset == "list":
         samples, protocol = load_list(root)
         if split not in (None, root.stem):
-            raise ValueError(f"--dataset list has one split, named after the file ({root.stem!r}), not {split!r}")
+            raise InputError(f"--dataset list has one split, named after the file ({root.stem!r}), not {split!r}")
         return [Split(dataset, root.stem, tuple(samples), protocol)]
     if split is not None and split not in SPLITS[dataset]:
-        raise ValueError(f"{dataset} has the splits {', '.join(SPLITS[dataset])}, not {split!r}")
+        raise InputError(f"{dataset} has the splits {', '.join(SPLITS[dataset])}, not {split!r}")
     splits = []
     for name in (split,) if split else DEFAULT_SPLITS[dataset]:
         if dataset == "sintel":
@@ -417,4 +418,4 @@ def load_test_splits(dataset: str, root: str | os.PathLike) -> list[Split]:
         ]
     if dataset.startswith("kitti"):
         return [Split(dataset, "testing", tuple(_kitti(root, dataset, "testing")), KITTI_PROTOCOL)]
-    raise ValueError(f"submissions are written for sintel, kitti-2015 and kitti-2012, not {dataset}")
+    raise InputError(f"submissions are written for sintel, kitti-2015 and kitti-2012, not {dataset}")

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raft_engine.errors import InputError, InputTypeError
 from raft_engine.evaluation.datasets import Sample, Split, load_splits, read_ground_truth
 from raft_engine.evaluation.metrics import SplitTally
 from raft_engine.io import read_image
@@ -76,12 +77,12 @@ class PairRunner:
 
     def __init__(self, engine: Any) -> None:
         if not hasattr(engine, "estimate"):
-            raise TypeError(f"engine must be a FlowEngine or an OrtFlowSession, got {type(engine).__name__}")
+            raise InputTypeError(f"engine must be a FlowEngine or an OrtFlowSession, got {type(engine).__name__}")
         self.engine: Any = engine
         self.onnx = _is_onnx(engine)
         self.device = torch.device("cpu") if self.onnx else torch.device(getattr(engine, "device", "cpu"))
         if self.onnx and getattr(engine, "batch", 1) not in (1, None):
-            raise ValueError(f"{engine.path} was exported for batch {engine.batch}; evaluation runs one pair at a time")
+            raise InputError(f"{engine.path} was exported for batch {engine.batch}; evaluation runs one pair at a time")
         self._warned = False
 
     def iterations(self, iters: int | None, protocol_iters: int) -> int:
@@ -90,7 +91,7 @@ class PairRunner:
             return protocol_iters if iters is None else iters
         exported = int(self.engine.metadata["raft_engine.iterations"])
         if iters is not None and iters != exported:
-            raise ValueError(f"{self.engine.path} was exported with {exported} iterations, not {iters}")
+            raise InputError(f"{self.engine.path} was exported with {exported} iterations, not {iters}")
         if iters is None and exported != protocol_iters and not self._warned:
             self._warned = True
             warnings.warn(
@@ -110,18 +111,18 @@ class PairRunner:
             if self.onnx:
                 (padded_h, padded_w), expected = padder.padded_size, (self.engine.height, self.engine.width)
                 if (padded_h, padded_w) != expected:
-                    raise ValueError(
+                    raise InputError(
                         f"a pair of {height}x{width} ({padding} padding: {padded_h}x{padded_w}), but "
                         f"{self.engine.path} was exported for {expected[0]}x{expected[1]}; export a graph of "
                         f"{padded_h}x{padded_w} for these pairs"
                     )
                 if flow_init is not None:
-                    raise ValueError("an exported graph has no flow_init input: warm start is not available")
+                    raise InputError("an exported graph has no flow_init input: warm start is not available")
                 result = self.engine.estimate(*images)
             else:
                 result = self.engine.estimate(*images, iters=iters, flow_init=flow_init)
         except ValueError as error:
-            raise ValueError(f"{sample.image1}: {error}") from error
+            raise InputError(f"{sample.image1}: {error}") from error
         flow = padder.unpad(result.flow)[0].permute(1, 2, 0).float().cpu().numpy()
         return flow, result.flow_low
 
@@ -129,7 +130,7 @@ class PairRunner:
 def read_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     image1, image2 = read_image(sample.image1), read_image(sample.image2)
     if image1.shape != image2.shape:
-        raise ValueError(
+        raise InputError(
             f"{sample.image2} is {image2.shape[0]}x{image2.shape[1]} (HxW), but {sample.image1} is "
             f"{image1.shape[0]}x{image1.shape[1]}"
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from raft_engine.errors import InputError
 from raft_engine.evaluation.datasets import load_test_splits
 from raft_engine.evaluation.runner import PairRunner, check_options, progress_bar, read_pair
 from raft_engine.io import write_flo, write_kitti_flow
@@ -41,7 +42,7 @@ def write_submission(
     for split in load_test_splits(dataset, root):
         sintel = split.dataset == "sintel"
         if sintel and warm_start and runner.onnx:
-            raise ValueError(
+            raise InputError(
                 "the Sintel submission's warm start needs flow_init, which an exported graph does not take: "
                 "use a checkpoint, or no warm start (--no-warm-start)"
             )
@@ -59,7 +60,7 @@ def write_submission(
                 write_flo(path, flow)
                 if warm_start:
                     if flow_low is None:
-                        raise ValueError("the engine returned no flow_low: warm start is not available")
+                        raise InputError("the engine returned no flow_low: warm start is not available")
                     flow_init = forward_interpolate(flow_low)
             else:
                 path = out / sample.image1.name
@@ -67,7 +68,7 @@ def write_submission(
                 try:
                     write_kitti_flow(path, flow)
                 except ValueError as error:
-                    raise ValueError(f"{path}: {error}") from error
+                    raise InputError(f"{path}: {error}") from error
             written.append(path)
             previous_scene = sample.scene
     return written

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raft_engine.errors import InputError, InputTypeError
 from raft_engine.io.files import write_atomically
 
 FLO_MAGIC = 202021.25  # "PIEH" read as a little-endian float32
@@ -26,14 +27,14 @@ def as_flow_array(flow, name: str = "flow") -> np.ndarray:
     """numpy (H, W, 2) or torch (2, H, W) -> numpy (H, W, 2) float32."""
     if hasattr(flow, "detach") and hasattr(flow, "permute"):  # torch.Tensor, without importing torch
         if flow.ndim != 3 or flow.shape[0] != 2:
-            raise ValueError(f"{name}: expected a torch tensor (2, H, W), got shape {tuple(flow.shape)}")
+            raise InputError(f"{name}: expected a torch tensor (2, H, W), got shape {tuple(flow.shape)}")
         flow = flow.detach().float().permute(1, 2, 0).cpu().numpy()
     if not isinstance(flow, np.ndarray):
-        raise TypeError(
+        raise InputTypeError(
             f"{name}: expected a numpy array (H, W, 2) or a torch tensor (2, H, W), got {type(flow).__name__}"
         )
     if flow.ndim != 3 or flow.shape[2] != 2:
-        raise ValueError(f"{name}: expected a numpy array (H, W, 2), got shape {flow.shape}")
+        raise InputError(f"{name}: expected a numpy array (H, W, 2), got shape {flow.shape}")
     return np.ascontiguousarray(flow, dtype=np.float32)
 
 
@@ -44,12 +45,12 @@ def as_flow_array(flow, name: str = "flow") -> np.ndarray:
 def read_flo(path: str | os.PathLike) -> np.ndarray:
     data = Path(path).read_bytes()
     if len(data) < 12:
-        raise ValueError(f"{path}: too short for a .flo file ({len(data)} bytes)")
+        raise InputError(f"{path}: too short for a .flo file ({len(data)} bytes)")
     magic, width, height = struct.unpack("<fii", data[:12])
     if magic != FLO_MAGIC:
-        raise ValueError(f"{path}: not a Middlebury .flo file (magic {magic!r}, expected {FLO_MAGIC})")
+        raise InputError(f"{path}: not a Middlebury .flo file (magic {magic!r}, expected {FLO_MAGIC})")
     if width <= 0 or height <= 0 or len(data) != 12 + 8 * width * height:
-        raise ValueError(f"{path}: header says {width}x{height} (WxH), which does not match the file size {len(data)}")
+        raise InputError(f"{path}: header says {width}x{height} (WxH), which does not match the file size {len(data)}")
     return np.frombuffer(data, dtype="<f4", offset=12).reshape(height, width, 2).astype(np.float32)
 
 
@@ -95,7 +96,7 @@ def _unfilter(raw: np.ndarray, height: int, width: int, bpp: int) -> np.ndarray:
     rows = raw.reshape(height, 1 + width * bpp)
     types = rows[:, 0].astype(np.int32)
     if types.max(initial=0) > 4:
-        raise ValueError(f"invalid PNG filter type {types.max()}")
+        raise InputError(f"invalid PNG filter type {types.max()}")
     filtered = rows[:, 1:].reshape(height, width, bpp).astype(np.int32)
     if not types.any():
         return filtered.astype(np.uint8).reshape(height, width * bpp)
@@ -117,14 +118,14 @@ def _unfilter(raw: np.ndarray, height: int, width: int, bpp: int) -> np.ndarray:
 def _read_png16_rgb(path: str | os.PathLike) -> np.ndarray:
     data = Path(path).read_bytes()
     if not data.startswith(_PNG_SIGNATURE):
-        raise ValueError(f"{path}: not a PNG file")
+        raise InputError(f"{path}: not a PNG file")
     pos, header, idat = len(_PNG_SIGNATURE), None, []
     while pos + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         payload = data[pos + 8 : pos + 8 + length]
         (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length] or b"\0\0\0\0")
         if len(payload) != length or crc != zlib.crc32(kind + payload):
-            raise ValueError(f"{path}: corrupt PNG chunk {kind!r}")
+            raise InputError(f"{path}: corrupt PNG chunk {kind!r}")
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", payload)
         elif kind == b"IDAT":
@@ -133,20 +134,20 @@ def _read_png16_rgb(path: str | os.PathLike) -> np.ndarray:
             break
         pos += 12 + length
     if header is None or not idat:
-        raise ValueError(f"{path}: PNG without image data")
+        raise InputError(f"{path}: PNG without image data")
     width, height, depth, colour, _, _, interlace = header
     if depth != 16 or colour != 2:
-        raise ValueError(
+        raise InputError(
             f"{path}: a KITTI flow PNG is 16-bit RGB; this one has bit depth {depth}, colour type {colour}"
         )
     if interlace:
-        raise ValueError(f"{path}: interlaced PNGs are not supported")
+        raise InputError(f"{path}: interlaced PNGs are not supported")
     try:
         raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8)
     except zlib.error as error:  # chunks with valid CRCs around a cut-short or corrupt deflate stream
-        raise ValueError(f"{path}: corrupt PNG image data ({error})") from error
+        raise InputError(f"{path}: corrupt PNG image data ({error})") from error
     if raw.size != height * (1 + width * 6):
-        raise ValueError(f"{path}: PNG data size does not match its {width}x{height} header")
+        raise InputError(f"{path}: PNG data size does not match its {width}x{height} header")
     rows = _unfilter(raw, height, width, 6)
     return rows.reshape(height, width, 3, 2).astype(np.uint16) @ np.array([256, 1], np.uint16)
 
@@ -168,14 +169,14 @@ def write_kitti_flow(path: str | os.PathLike, flow, valid: np.ndarray | None = N
         valid = np.ones((height, width), bool)
     valid = np.asarray(valid)
     if valid.shape != (height, width):
-        raise ValueError(f"valid mask has shape {valid.shape}, flow is {height}x{width}")
+        raise InputError(f"valid mask has shape {valid.shape}, flow is {height}x{width}")
     valid = valid.astype(bool)
     encoded = np.rint(flow.astype(np.float64) * KITTI_SCALE) + KITTI_OFFSET
     if not np.isfinite(flow[valid]).all():
-        raise ValueError("flow has NaN or Inf at valid pixels; mark them invalid")
+        raise InputError("flow has NaN or Inf at valid pixels; mark them invalid")
     outside = valid & ((encoded < 0) | (encoded > 65535)).any(axis=2)
     if outside.any():
-        raise ValueError(
+        raise InputError(
             f"{int(outside.sum())} valid pixels have flow beyond the KITTI PNG range (|u|, |v| <= 511.98 px); "
             "mark them invalid or store the flow as .flo"
         )

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from raft_engine.errors import InputError, MissingFileError
+from raft_engine.io.files import write_atomically
+
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An 8-bit image file -> (H, W, 3) uint8 RGB. Grayscale is repeated to 3 channels; an alpha
@@ -15,17 +18,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such image file: {path}")
+        raise MissingFileError(f"no such image file: {path}")
     try:
         opened = Image.open(path)
         # Pillow decodes 16-bit colour PNGs to 8-bit "RGB"; the raw mode of the tile still says 16.
         rawmodes = [str(tile[3]) for tile in opened.tile]  # (codec, extents, offset, rawmode)
         opened.load()
     except (OSError, SyntaxError) as error:  # PIL raises these for unreadable or truncated files
-        raise ValueError(f"cannot read image {path}: {error}") from error
+        raise InputError(f"cannot read image {path}: {error}") from error
     image: Image.Image = opened  # conversions below return plain images
     if image.mode in ("I", "I;16", "I;16B", "F") or any(";16" in mode for mode in rawmodes):
-        raise ValueError(
+        raise InputError(
             f"{path} is a 16-bit or floating-point image (mode {image.mode}); convert it to 8-bit RGB first"
         )
     if image.mode == "P":
@@ -33,19 +36,33 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if image.mode in ("RGBA", "LA"):
         alpha = np.asarray(image.getchannel("A"))
         if alpha.min() < 255:
-            raise ValueError(f"{path} has transparent pixels; flatten its alpha channel first")
+            raise InputError(f"{path} has transparent pixels; flatten its alpha channel first")
         image = image.convert("RGB")
     if image.mode == "L":
         image = image.convert("RGB")
     if image.mode != "RGB":
-        raise ValueError(f"{path} has unsupported image mode {image.mode!r}; convert it to RGB first")
+        raise InputError(f"{path} has unsupported image mode {image.mode!r}; convert it to RGB first")
     return np.asarray(image).copy()
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """(H, W, 3) uint8 -> an image file whose format follows the suffix (PNG recommended)."""
+    """(H, W, 3) uint8 -> an image file whose format follows the suffix (PNG recommended), written
+    atomically. An unknown suffix raises `InputError`, an unwritable path `PathError`."""
     from PIL import Image
 
     if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-        raise ValueError(f"expected an (H, W, 3) uint8 array, got {getattr(image, 'shape', type(image))}")
-    Image.fromarray(image).save(path)
+        raise InputError(f"expected an (H, W, 3) uint8 array, got {getattr(image, 'shape', type(image))}")
+    image_format = image_format_for(path)
+    write_atomically(path, lambda partial: Image.fromarray(image).save(partial, format=image_format))
+
+
+def image_format_for(path: str | os.PathLike) -> str:
+    """The Pillow format an image file of this name is written in (PNG for .png, JPEG for .jpg, ...);
+    a suffix Pillow cannot write raises `InputError`."""
+    from PIL import Image
+
+    suffix = Path(path).suffix.lower()
+    image_format = Image.registered_extensions().get(suffix)
+    if image_format is None or image_format not in Image.SAVE:
+        raise InputError(f"{path}: unknown image file extension {suffix or '(none)'!r}; use .png, .jpg, ...")
+    return image_format

@@ -13,24 +13,26 @@ from typing import Any
 
 import numpy as np
 
+from raft_engine.errors import InputError, MissingDependency, MissingFileError, PathError
+
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"})
 VIDEO_INSTALL = 'pip install av, or the project\'s video extra: pip install -e ".[video]"'
 
 
 def _import_av() -> ModuleType:
-    """The av module, or a ModuleNotFoundError (name "av") that says how to install it."""
+    """The av module, or a MissingDependency (a ModuleNotFoundError named "av") that says how to install it."""
     try:
         import av
     except ModuleNotFoundError as error:
         if error.name != "av":
             raise
-        raise ModuleNotFoundError(f"video needs PyAV (the av package): {VIDEO_INSTALL}", name="av") from error
+        raise MissingDependency(f"video needs PyAV (the av package): {VIDEO_INSTALL}", name="av") from error
     return av
 
 
 def _as_fraction(fps: float | Fraction) -> Fraction:
     if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)) or not 0 < fps < 10_000:
-        raise ValueError(f"frame rate must be a positive number of frames per second, got {fps!r}")
+        raise InputError(f"frame rate must be a positive number of frames per second, got {fps!r}")
     # 29.97 -> 2997/100; NTSC rates given as Fractions (30000/1001) stay exact.
     return Fraction(fps).limit_denominator(100_000)
 
@@ -48,7 +50,7 @@ class VideoReader:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"no such video file: {self.path}")
+            raise MissingFileError(f"no such video file: {self.path}")
         self._av = _import_av()
         container = self._open()
         try:
@@ -73,10 +75,10 @@ class VideoReader:
         try:
             container = self._av.open(str(self.path), mode="r")
         except (self._av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
-            raise ValueError(f"cannot read video {self.path}: {error}") from error
+            raise InputError(f"cannot read video {self.path}: {error}") from error
         if not container.streams.video:
             container.close()
-            raise ValueError(f"cannot read video {self.path}: the file has no video stream")
+            raise InputError(f"cannot read video {self.path}: the file has no video stream")
         return container
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -92,7 +94,7 @@ class VideoReader:
                 except StopIteration:
                     return
                 except self._av.error.FFmpegError as error:
-                    raise ValueError(f"{self.path}: decoding failed after {index} frame(s): {error}") from error
+                    raise InputError(f"{self.path}: decoding failed after {index} frame(s): {error}") from error
                 yield frame.to_ndarray(format="rgb24")
                 index += 1
         finally:
@@ -133,18 +135,18 @@ class VideoWriter:
         self.codec = video_codec()
         self.crf = crf
         if self.path.is_dir():
-            raise IsADirectoryError(f"cannot write video {self.path}: it is a folder")
+            raise PathError(f"cannot write video {self.path}: it is a folder")
         try:
             # PyAV opens the file only when the first frame is written: create it now, so that an
             # unwritable path fails here, before any work.
             self.path.open("wb").close()
         except OSError as error:
-            raise OSError(f"cannot write video {self.path}: {error}") from error
+            raise PathError(f"cannot write video {self.path}: {error}") from error
         try:
             self._container = self._av.open(str(self.path), mode="w")
         except (self._av.error.FFmpegError, OSError, ValueError) as error:
             self.path.unlink(missing_ok=True)
-            raise OSError(f"cannot write video {self.path}: {error}") from error
+            raise PathError(f"cannot write video {self.path}: {error}") from error
         self._stream: Any = None
         self._size: tuple[int, int] | None = None
         self.frames_written = 0
@@ -167,14 +169,14 @@ class VideoWriter:
     def write(self, frame: np.ndarray) -> None:
         """Append one (H, W, 3) uint8 RGB frame, of the first frame's size."""
         if self.closed:
-            raise ValueError(f"{self.path}: the video writer is closed")
+            raise InputError(f"{self.path}: the video writer is closed")
         if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3):
-            raise ValueError(f"expected an (H, W, 3) uint8 frame, got {getattr(frame, 'shape', type(frame))}")
+            raise InputError(f"expected an (H, W, 3) uint8 frame, got {getattr(frame, 'shape', type(frame))}")
         height, width = frame.shape[:2]
         if self._size is None:
             self._start(height, width)
         elif (height, width) != self._size:
-            raise ValueError(
+            raise InputError(
                 f"{self.path}: frame {self.frames_written} is {height}x{width} (HxW), the video is "
                 f"{self._size[0]}x{self._size[1]}"
             )
@@ -190,7 +192,7 @@ class VideoWriter:
             for packet in packets:
                 self._container.mux(packet)
         except (self._av.error.FFmpegError, OSError) as error:
-            raise OSError(f"cannot write video {self.path}: {error}") from error
+            raise PathError(f"cannot write video {self.path}: {error}") from error
 
     def close(self) -> None:
         """Flush the encoder and close the file (again: nothing)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from raft_engine.errors import InputError
 from raft_engine.io.flow_files import as_flow_array
 
 # Hue segments of the wheel: red-yellow, yellow-green, green-cyan, cyan-blue, blue-magenta,
@@ -38,13 +39,13 @@ def flow_to_color(flow, max_magnitude: float | None = None) -> np.ndarray:
     """
     flow = as_flow_array(flow).astype(np.float64)
     if not np.isfinite(flow).all():
-        raise ValueError(f"flow has {int((~np.isfinite(flow)).sum())} NaN or Inf values; mask them before visualising")
+        raise InputError(f"flow has {int((~np.isfinite(flow)).sum())} NaN or Inf values; mask them before visualising")
     u, v = flow[..., 0], flow[..., 1]
     if max_magnitude is None:
         scale = np.sqrt(u**2 + v**2).max() + 1e-5
     else:
         if not (np.isfinite(max_magnitude) and max_magnitude > 0):
-            raise ValueError(f"max_magnitude must be a positive number, got {max_magnitude!r}")
+            raise InputError(f"max_magnitude must be a positive number, got {max_magnitude!r}")
         scale = float(max_magnitude)
     u, v = u / scale, v / scale
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from raft_engine.errors import InputError
+
 VARIANTS = ("large", "small")
 
 
@@ -31,13 +33,13 @@ class RAFTConfig:
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
-            raise ValueError(f"unknown RAFT variant {self.variant!r}; expected one of {VARIANTS}")
+            raise InputError(f"unknown RAFT variant {self.variant!r}; expected one of {VARIANTS}")
         if self.encoder_block not in ("residual", "bottleneck"):
-            raise ValueError(f"unknown encoder_block {self.encoder_block!r}; expected 'residual' or 'bottleneck'")
+            raise InputError(f"unknown encoder_block {self.encoder_block!r}; expected 'residual' or 'bottleneck'")
         if self.context_norm not in ("batch", "none"):
-            raise ValueError(f"unknown context_norm {self.context_norm!r}; expected 'batch' or 'none'")
+            raise InputError(f"unknown context_norm {self.context_norm!r}; expected 'batch' or 'none'")
         if self.corr_levels < 1 or self.corr_radius < 1:
-            raise ValueError(f"corr_levels and corr_radius must be >= 1, got {self.corr_levels} and {self.corr_radius}")
+            raise InputError(f"corr_levels and corr_radius must be >= 1, got {self.corr_levels} and {self.corr_radius}")
 
     @classmethod
     def large(cls) -> RAFTConfig:
@@ -75,7 +77,7 @@ class RAFTConfig:
             return cls.large()
         if variant == "small":
             return cls.small()
-        raise ValueError(f"unknown RAFT variant {variant!r}; expected one of {VARIANTS}")
+        raise InputError(f"unknown RAFT variant {variant!r}; expected one of {VARIANTS}")
 
     @property
     def corr_channels(self) -> int:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raft_engine.errors import InputError
+
 
 class FloatInstanceNorm2d(nn.InstanceNorm2d):
     """Instance normalisation computed in float32 whatever the input's dtype.
@@ -32,7 +34,7 @@ def make_norm(kind: str, channels: int) -> nn.Module:
         return nn.BatchNorm2d(channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"unknown normalisation {kind!r}; expected 'instance', 'batch' or 'none'")
+    raise InputError(f"unknown normalisation {kind!r}; expected 'instance', 'batch' or 'none'")
 
 
 def _shortcut(in_planes: int, planes: int, stride: int, norm: str) -> nn.Sequential | None:

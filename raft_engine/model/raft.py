@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from raft_engine.errors import InputError
 from raft_engine.model.config import RAFTConfig
 from raft_engine.model.correlation import Correlation, DenseCorrelation
 from raft_engine.model.encoders import Encoder
@@ -102,7 +103,7 @@ class RAFT(nn.Module):
         self.update_block = update_block if update_block is not None else UpdateBlock(config)
         correlation = correlation or DenseCorrelation(config.corr_levels, config.corr_radius)
         if (correlation.levels, correlation.radius) != (config.corr_levels, config.corr_radius):
-            raise ValueError(
+            raise InputError(
                 f"the correlation part has {correlation.levels} levels of radius {correlation.radius}; RAFT-"
                 f"{config.variant} needs {config.corr_levels} levels of radius {config.corr_radius}"
             )

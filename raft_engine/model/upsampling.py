@@ -15,6 +15,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from raft_engine.errors import InputError
+
 FACTOR = 8
 
 
@@ -63,7 +65,7 @@ class ConvexUpsampler:
 
     def __call__(self, flow_low: torch.Tensor, up_mask: torch.Tensor | None) -> torch.Tensor:
         if up_mask is None:
-            raise ValueError("convex upsampling needs the mask of the update block; this model has no mask head")
+            raise InputError("convex upsampling needs the mask of the update block; this model has no mask head")
         return self.upsample_fn(flow_low, up_mask)
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from raft_engine.errors import InputError
+
 # Distances are computed for at most this many (cell, landing) pairs at once: 2^22 pairs, about 64 MiB
 # of intermediates. The 1/8 grid of 1080p has 32,400 cells: about 1.05e9 pairs in 251 chunks.
 CHUNK_PAIRS = 1 << 22
@@ -22,9 +24,9 @@ def forward_interpolate(flow_low: torch.Tensor) -> torch.Tensor:
     next frame's grid: each cell takes the vector that landed nearest to it. A pair whose vectors all
     land outside the grid gets zero flow (the published code would fail there)."""
     if flow_low.ndim != 4 or flow_low.shape[1] != 2:
-        raise ValueError(f"flow_low must be (B, 2, H, W), got {tuple(flow_low.shape)}")
+        raise InputError(f"flow_low must be (B, 2, H, W), got {tuple(flow_low.shape)}")
     if not flow_low.dtype.is_floating_point:
-        raise ValueError(f"flow_low must be floating point, got {flow_low.dtype}")
+        raise InputError(f"flow_low must be floating point, got {flow_low.dtype}")
     batch, _, height, width = flow_low.shape
     flow = flow_low.float()
     ys, xs = torch.meshgrid(

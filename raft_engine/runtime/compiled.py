@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from raft_engine.errors import InputError
 from raft_engine.model.raft import RAFT, RAFTOutput
 
 log = logging.getLogger("raft_engine.runtime.engine")
@@ -35,7 +36,7 @@ def _recompile_limit(limit: int) -> contextlib.AbstractContextManager:
 class CompiledForward:
     def __init__(self, models: dict[str, RAFT], cuda_graphs: bool, max_shapes: int) -> None:
         if max_shapes < 1:
-            raise ValueError(f"max_compiled_shapes must be >= 1, got {max_shapes}")
+            raise InputError(f"max_compiled_shapes must be >= 1, got {max_shapes}")
         self.models = models
         self.cuda_graphs = cuda_graphs
         self.max_shapes = max_shapes

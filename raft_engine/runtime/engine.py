@@ -41,6 +41,7 @@ from raft_engine.runtime.inputs import (
 if TYPE_CHECKING:
     from raft_engine.runtime.trace import FlowTrace
 
+from raft_engine.errors import InputError, InputTypeError, MissingDependency
 from raft_engine.model.upsampling import BilinearUpsampler, ConvexUpsampler, Upsampler, convex_upsample_ref
 from raft_engine.model.warm_start import forward_interpolate
 
@@ -66,7 +67,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     """ "auto": Triton kernels on CUDA (the PyTorch reference, logged, where triton is missing), the
     PyTorch reference on the CPU."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+        raise InputError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     if backend == "auto":
         if device.type != "cuda":
             return "torch"
@@ -75,7 +76,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         log.warning("backend='auto' on CUDA: the triton package is not installed, so the PyTorch reference runs")
         return "torch"
     if backend == "triton" and device.type == "cpu" and not interpreting():
-        raise ValueError(
+        raise InputError(
             "backend='triton' on the CPU runs Triton's interpreter: set TRITON_INTERPRET=1 before triton is "
             "imported, or use backend='torch'"
         )
@@ -89,7 +90,7 @@ def triton_kernels() -> ModuleType:
     except ModuleNotFoundError as error:
         if error.name is None or error.name.split(".")[0] != "triton":
             raise
-        raise ImportError(
+        raise MissingDependency(
             "backend='triton' needs the triton package, which is not installed: pip install triton "
             "(Linux), or use backend='torch'"
         ) from error
@@ -191,12 +192,12 @@ class FlowEngine:
         channels_last: bool = False,
     ) -> None:
         if not isinstance(model, RAFT):
-            raise TypeError(f"model must be a raft_engine.RAFT (see load_model), got {type(model).__name__}")
+            raise InputTypeError(f"model must be a raft_engine.RAFT (see load_model), got {type(model).__name__}")
         check_padding(padding)
         if corr not in CORR_MODES:
-            raise ValueError(f"unknown corr {corr!r}; expected one of {CORR_MODES}")
+            raise InputError(f"unknown corr {corr!r}; expected one of {CORR_MODES}")
         if isinstance(corr_budget, bool) or not isinstance(corr_budget, (int, float)) or not corr_budget > 0:
-            raise ValueError(f"corr_budget must be a positive number of bytes, got {corr_budget!r}")
+            raise InputError(f"corr_budget must be a positive number of bytes, got {corr_budget!r}")
         self.device = parse_device(device)
         self.dtype = parse_dtype(dtype)
         self.corr_dtype = parse_dtype(corr_dtype)
@@ -207,9 +208,9 @@ class FlowEngine:
         if cuda_graphs is None:
             cuda_graphs = compile and self.device.type == "cuda"
         if cuda_graphs and not compile:
-            raise ValueError("cuda_graphs=True needs compile=True: the graphs are recorded from the compiled forward")
+            raise InputError("cuda_graphs=True needs compile=True: the graphs are recorded from the compiled forward")
         if cuda_graphs and self.device.type != "cuda":
-            raise ValueError(f"cuda_graphs=True needs a CUDA device, got {self.device}")
+            raise InputError(f"cuda_graphs=True needs a CUDA device, got {self.device}")
         self.model = copy.deepcopy(model).eval().to(self.device).to_compute_dtype(self.dtype)
         self.channels_last = channels_last
         if channels_last:
@@ -236,7 +237,7 @@ class FlowEngine:
         """The engine's model (its weights, dtype and device) with the "volume" or "ondemand" correlation
         on its backend; `corr_mode_for` tells which one a shape uses."""
         if corr_mode not in self._models:
-            raise ValueError(f"unknown correlation mode {corr_mode!r}; expected one of {tuple(self._models)}")
+            raise InputError(f"unknown correlation mode {corr_mode!r}; expected one of {tuple(self._models)}")
         return self._models[corr_mode]
 
     def corr_mode_for(self, batch: int, height: int, width: int) -> str:
@@ -274,7 +275,7 @@ class FlowEngine:
         padded_h, padded_w = padder.padded_size
         minimum = self.config.min_image_size
         if padded_h < minimum or padded_w < minimum:
-            raise ValueError(
+            raise InputError(
                 f"images of {height}x{width} (HxW) are too small for RAFT: padded to {padded_h}x{padded_w}, "
                 f"they must be at least {minimum}x{minimum}, so that the 1/8 feature grid keeps "
                 f"{self.config.min_feature_size // 2 ** (self.config.corr_levels - 1)} cells at the coarsest "
@@ -291,18 +292,18 @@ class FlowEngine:
         if isinstance(flow_init, np.ndarray):
             flow_init = torch.from_numpy(flow_init)
         if not isinstance(flow_init, torch.Tensor):
-            raise TypeError(f"flow_init must be a torch tensor or numpy array, got {type(flow_init).__name__}")
+            raise InputTypeError(f"flow_init must be a torch tensor or numpy array, got {type(flow_init).__name__}")
         expected = (batch, 2, *grid)
         if tuple(flow_init.shape) != expected:
-            raise ValueError(
+            raise InputError(
                 f"flow_init has shape {tuple(flow_init.shape)}, expected {expected}: (B, 2, H/8, W/8) on the "
                 "padded 1/8 grid, e.g. the flow_low of the previous result"
             )
         if not flow_init.dtype.is_floating_point:
-            raise ValueError(f"flow_init must be floating point, got {flow_init.dtype}")
+            raise InputError(f"flow_init must be floating point, got {flow_init.dtype}")
         flow_init = flow_init.to(self.device, torch.float32)
         if not bool(flow_init.isfinite().all()):
-            raise ValueError("flow_init contains NaN or Inf")
+            raise InputError("flow_init contains NaN or Inf")
         return flow_init
 
     @torch.inference_mode()
@@ -340,7 +341,7 @@ class FlowEngine:
         iters = check_iters(iters)
         padded1, padded2, padder = self.prepare(image1, image2)
         if padded1.shape[0] != 1:
-            raise ValueError(f"trace takes one pair of images, got a batch of {padded1.shape[0]}")
+            raise InputError(f"trace takes one pair of images, got a batch of {padded1.shape[0]}")
         checked_init = None
         if flow_init is not None:
             grid = (padded1.shape[-2] // 8, padded1.shape[-1] // 8)
@@ -373,14 +374,14 @@ class FlowEngine:
         iters = check_iters(iters)
         batch_size = positive_int("batch_size", batch_size)
         if not isinstance(warm_start, bool):
-            raise TypeError(f"warm_start must be True or False, got {warm_start!r}")
+            raise InputTypeError(f"warm_start must be True or False, got {warm_start!r}")
         if isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim != 4:
-            raise ValueError(
+            raise InputError(
                 f"frames: an array holds a sequence as (T, H, W, C) (numpy) or (T, C, H, W) (torch), got shape "
                 f"{tuple(frames.shape)}; for one pair use estimate"
             )
         if not isinstance(frames, Iterable):
-            raise TypeError(f"frames must be an iterable of images, got {type(frames).__name__}")
+            raise InputTypeError(f"frames must be an iterable of images, got {type(frames).__name__}")
         return self._sequence(iter(frames), iters, warm_start, batch_size)
 
     @torch.inference_mode()
@@ -418,7 +419,7 @@ class FlowEngine:
         if failure is not None:
             raise failure
         if count < 2:
-            raise ValueError(f"a sequence needs at least 2 frames, got {count}")
+            raise InputError(f"a sequence needs at least 2 frames, got {count}")
 
     def _next_frame(self, frames: Iterator[ImageLike], index: int, padder: Padder | None) -> torch.Tensor | None:
         """The next frame -> (1, 3, H, W) float32 on the device, checked against the first frame's size;
@@ -431,10 +432,10 @@ class FlowEngine:
         name = f"frame {index}"
         image = to_image_batch(frame, name)
         if image.shape[0] != 1:
-            raise ValueError(f"{name} is a batch of {image.shape[0]} images; a sequence takes one image per frame")
+            raise InputError(f"{name} is a batch of {image.shape[0]} images; a sequence takes one image per frame")
         height, width = image.shape[-2:]
         if padder is not None and (height, width) != (padder.height, padder.width):
-            raise ValueError(
+            raise InputError(
                 f"{name} is {height}x{width} (HxW), but frame 0 is {padder.height}x{padder.width}: every frame of a "
                 "sequence must have the size of the first"
             )

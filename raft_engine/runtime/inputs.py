@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raft_engine.errors import InputError, InputTypeError
+
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
@@ -45,7 +47,7 @@ def parse_dtype(dtype: DTypeLike) -> torch.dtype:
         return dtype
     if isinstance(dtype, str) and dtype.lower() in DTYPES:
         return DTYPES[dtype.lower()]
-    raise ValueError(f"unsupported dtype {dtype!r}; expected one of fp32, fp16, bf16 (or the torch dtypes)")
+    raise InputError(f"unsupported dtype {dtype!r}; expected one of fp32, fp16, bf16 (or the torch dtypes)")
 
 
 def parse_device(device: DeviceLike) -> torch.device:
@@ -55,21 +57,21 @@ def parse_device(device: DeviceLike) -> torch.device:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise ValueError(f"unknown device {device!r}: {error}") from error
+        raise InputError(f"unknown device {device!r}: {error}") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
+        raise InputError(
             f"device {str(device)!r} requested, but CUDA is not available (torch.cuda.is_available() is False)"
         )
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {str(device)!r} requested, but there are {torch.cuda.device_count()} CUDA device(s)")
+        raise InputError(f"device {str(device)!r} requested, but there are {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
 def positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+        raise InputTypeError(f"{name} must be an integer, got {type(value).__name__}")
     if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+        raise InputError(f"{name} must be >= 1, got {value}")
     return int(value)
 
 
@@ -86,10 +88,10 @@ def _pil_to_numpy(image: PILImage, name: str) -> np.ndarray:
     mode = image.mode
     if mode == "P":
         if "transparency" in image.info:
-            raise ValueError(f"{name} is a palette image with transparency; convert it to RGB first")
+            raise InputError(f"{name} is a palette image with transparency; convert it to RGB first")
         image = image.convert("RGB")  # exact: a palette lookup
     elif mode not in ("RGB", "L"):
-        raise ValueError(
+        raise InputError(
             f"{name} has PIL mode {mode!r}; expected 'RGB' or 'L' (8-bit). Convert it first, "
             "e.g. image.convert('RGB'), deciding what to do with alpha or high bit depth"
         )
@@ -99,7 +101,7 @@ def _pil_to_numpy(image: PILImage, name: str) -> np.ndarray:
 def _numpy_to_tensor(image: np.ndarray, name: str) -> torch.Tensor:
     """numpy (H, W), (H, W, C), (B, H, W, C) -> torch (B, C, H, W), sharing memory where it can."""
     if image.ndim not in (2, 3, 4):
-        raise ValueError(f"{name}: expected a numpy array (H, W), (H, W, C) or (B, H, W, C); got shape {image.shape}")
+        raise InputError(f"{name}: expected a numpy array (H, W), (H, W, C) or (B, H, W, C); got shape {image.shape}")
     _check_dtype(image.dtype, np.uint8, np.floating, name)
     array = np.ascontiguousarray(image)
     if not array.flags.writeable:  # e.g. np.asarray(PIL image); torch wants writable memory
@@ -115,9 +117,9 @@ def _numpy_to_tensor(image: np.ndarray, name: str) -> torch.Tensor:
 def _batch_tensor(image: torch.Tensor, name: str) -> torch.Tensor:
     """torch (H, W), (C, H, W), (B, C, H, W) -> (B, C, H, W)."""
     if image.ndim not in (2, 3, 4):
-        raise ValueError(f"{name}: expected a tensor (H, W), (C, H, W) or (B, C, H, W); got shape {tuple(image.shape)}")
+        raise InputError(f"{name}: expected a tensor (H, W), (C, H, W) or (B, C, H, W); got shape {tuple(image.shape)}")
     if not (image.dtype == torch.uint8 or image.dtype.is_floating_point):
-        raise ValueError(f"{name}: expected uint8 or floating-point values, got {image.dtype}")
+        raise InputError(f"{name}: expected uint8 or floating-point values, got {image.dtype}")
     if image.ndim == 2:
         return image[None, None]
     if image.ndim == 3:
@@ -138,16 +140,18 @@ def to_image_batch(image: ImageLike, name: str = "image") -> torch.Tensor:
     elif isinstance(image, torch.Tensor):
         tensor = _batch_tensor(image, name)
     else:
-        raise TypeError(f"{name}: expected a numpy array, a torch tensor or a PIL image, got {type(image).__name__}")
+        raise InputTypeError(
+            f"{name}: expected a numpy array, a torch tensor or a PIL image, got {type(image).__name__}"
+        )
 
     channels = tensor.shape[1]
     if channels not in (1, 3):
-        raise ValueError(
+        raise InputError(
             f"{name}: expected 3 (RGB) or 1 (grayscale) channels, got {channels} "
             f"(shape {tuple(image.shape)}; numpy images are channels-last, torch images channels-first)"
         )
     if tensor.shape[0] == 0 or tensor.shape[2] == 0 or tensor.shape[3] == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(image.shape)}")
+        raise InputError(f"{name} is empty: shape {tuple(image.shape)}")
     if tensor.dtype != torch.uint8:
         _check_range(tensor, name)
     tensor = tensor.float()
@@ -158,15 +162,15 @@ def to_image_batch(image: ImageLike, name: str = "image") -> torch.Tensor:
 
 def _check_dtype(dtype: np.dtype, exact, kind, name: str) -> None:
     if dtype != exact and not np.issubdtype(dtype, kind):
-        raise ValueError(f"{name}: expected uint8 or floating-point values (0..255), got {dtype}")
+        raise InputError(f"{name}: expected uint8 or floating-point values (0..255), got {dtype}")
 
 
 def _check_range(tensor: torch.Tensor, name: str) -> None:
     finite, low, high = torch.stack([tensor.isfinite().all().to(tensor.dtype), tensor.amin(), tensor.amax()]).tolist()
     if not finite:
-        raise ValueError(f"{name} contains NaN or Inf")
+        raise InputError(f"{name} contains NaN or Inf")
     if low < 0 or high > 255:
-        raise ValueError(f"{name} has values outside 0..255 (min {low:g}, max {high:g}); RAFT expects 0..255")
+        raise InputError(f"{name} has values outside 0..255 (min {low:g}, max {high:g}); RAFT expects 0..255")
     if high <= 1.0:
         warnings.warn(
             f"{name}'s values all lie within 0..1 (max {high:g}); RAFT expects 0..255. "
@@ -177,16 +181,16 @@ def _check_range(tensor: torch.Tensor, name: str) -> None:
 
 def check_padding(mode: str) -> None:
     if mode not in PADDING_MODES:
-        raise ValueError(f"unknown padding {mode!r}; expected one of {PADDING_MODES}")
+        raise InputError(f"unknown padding {mode!r}; expected one of {PADDING_MODES}")
 
 
 def check_pair(image1: torch.Tensor, image2: torch.Tensor) -> None:
     if image1.shape[0] != image2.shape[0]:
-        raise ValueError(f"batch sizes differ: image1 has {image1.shape[0]} images, image2 has {image2.shape[0]}")
+        raise InputError(f"batch sizes differ: image1 has {image1.shape[0]} images, image2 has {image2.shape[0]}")
     if image1.shape[-2:] != image2.shape[-2:]:
         h1, w1 = image1.shape[-2:]
         h2, w2 = image2.shape[-2:]
-        raise ValueError(f"image sizes differ: image1 is {h1}x{w1} (HxW), image2 is {h2}x{w2}")
+        raise InputError(f"image sizes differ: image1 is {h1}x{w1} (HxW), image2 is {h2}x{w2}")
 
 
 @dataclass(frozen=True)

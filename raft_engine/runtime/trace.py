@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from raft_engine.errors import InputError, InputTypeError
 from raft_engine.model.raft import RAFT, coords_grid
 from raft_engine.runtime.inputs import Padder
 
@@ -73,9 +74,9 @@ def _cells(
         try:
             x, y = (float(v) for v in pixel)
         except (TypeError, ValueError) as error:
-            raise TypeError(f"a test pixel must be an (x, y) pair of numbers, got {pixel!r}") from error
+            raise InputTypeError(f"a test pixel must be an (x, y) pair of numbers, got {pixel!r}") from error
         if not (0 <= x < width and 0 <= y < height):
-            raise ValueError(f"test pixel (x={x:g}, y={y:g}) is outside the {width}x{height} (WxH) image")
+            raise InputError(f"test pixel (x={x:g}, y={y:g}) is outside the {width}x{height} (WxH) image")
         cells.append(((x, y), (int((x + left) // 8), int((y + top) // 8))))
     return cells
 

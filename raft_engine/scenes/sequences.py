@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from raft_engine.errors import InputError
 from raft_engine.scenes.layers import (
     Layer,
     Pose,
@@ -106,9 +107,9 @@ def generate_sequence(
     A function of the seed: the first k frames of a longer sequence are the k-frame sequence.
     photometric=False leaves out the colour changes and sensor noise (the scene is the same)."""
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
-        raise ValueError(f"a sequence needs at least 2 frames, got {frames!r}")
+        raise InputError(f"a sequence needs at least 2 frames, got {frames!r}")
     if height < 16 or width < 16:
-        raise ValueError(f"scene size must be at least 16x16, got {height}x{width}")
+        raise InputError(f"scene size must be at least 16x16, got {height}x{width}")
     if max_displacement is None:
         max_displacement = 0.05 * width
     rng = np.random.default_rng(seed)

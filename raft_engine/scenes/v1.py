@@ -9,6 +9,7 @@ import math
 import numpy as np
 import torch
 
+from raft_engine.errors import InputError
 from raft_engine.scenes.layers import (
     Layer,
     Pose,
@@ -80,7 +81,7 @@ def generate_pair(
     v2 style, also the lighting changes, the extra noise and JPEG stay as the style says).
     style: the ingredients (`SceneStyle`); None or SceneStyle.v1() is v1, the pairs as they always were."""
     if height < 16 or width < 16:
-        raise ValueError(f"scene size must be at least 16x16, got {height}x{width}")
+        raise InputError(f"scene size must be at least 16x16, got {height}x{width}")
     if max_displacement is None:
         max_displacement = 0.15 * width
     if style is not None and not style.is_v1:

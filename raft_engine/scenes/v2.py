@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raft_engine.errors import InputError
 from raft_engine.scenes.layers import (
     SUPERSAMPLING,
     Layer,
@@ -79,14 +80,14 @@ class SceneStyle:
                 off.add(name)
             else:
                 known = sorted([*self.__dataclass_fields__, *STYLE_GROUPS])
-                raise ValueError(f"unknown scene ingredient {name!r}; expected one of {known}")
+                raise InputError(f"unknown scene ingredient {name!r}; expected one of {known}")
         return dataclasses.replace(self, **{name: False for name in off})
 
     @classmethod
     def parse(cls, scenes: str, without: str = "") -> SceneStyle:
         """'v1' or 'v2', minus a comma-separated list of ingredients or groups ('' for none)."""
         if scenes not in ("v1", "v2"):
-            raise ValueError(f"scenes must be 'v1' or 'v2', got {scenes!r}")
+            raise InputError(f"scenes must be 'v1' or 'v2', got {scenes!r}")
         style = cls.v1() if scenes == "v1" else cls.v2()
         return style.without(*[name.strip() for name in without.split(",") if name.strip()])
 

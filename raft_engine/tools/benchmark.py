@@ -36,6 +36,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from raft_engine.errors import MissingDependency, NotAvailable, UsageError
+from raft_engine.io.files import make_folder, write_atomically
+
 if TYPE_CHECKING:
     from raft_engine.model.raft import RAFT
 
@@ -126,10 +129,6 @@ class BenchConfig:
             f"{self.backend} RAFT-{self.variant} {self.dtype} b{self.batch} {self.height}x{self.width} "
             f"{self.iters}it corr={self.corr}"
         )
-
-
-class Unavailable(Exception):
-    """This configuration cannot run here (missing package or provider, unsupported combination)."""
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -281,10 +280,10 @@ def _engine_runner(model, config: BenchConfig, device: torch.device):
         engine = options(backend="triton")
     elif config.backend in ("compiled", "compiled+graphs"):
         if config.backend == "compiled+graphs" and device.type != "cuda":
-            raise Unavailable("CUDA graphs need a GPU")
+            raise NotAvailable("CUDA graphs need a GPU")
         engine = options(compile=True, cuda_graphs=config.backend == "compiled+graphs", backend="auto")
     else:
-        raise ValueError(config.backend)
+        raise AssertionError(f"not an engine backend: {config.backend}")
     image1, image2 = (x.to(device) for x in scene_batch(config.batch, config.height, config.width))
     return lambda: engine(image1, image2, iters=config.iters)
 
@@ -293,18 +292,18 @@ def _ort_runner(model, config: BenchConfig, device: torch.device, workdir: Path)
     try:
         import onnxruntime
     except ImportError as error:
-        raise Unavailable("onnxruntime is not installed") from error
+        raise NotAvailable("onnxruntime is not installed") from error
     from raft_engine.export import OrtFlowSession, export_onnx
     from raft_engine.runtime.inputs import Padder
 
     provider = config.backend.removeprefix("ort-")
     needed = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
     if needed[provider] not in onnxruntime.get_available_providers():
-        raise Unavailable(f"ONNX Runtime has no {needed[provider]}")
+        raise NotAvailable(f"ONNX Runtime has no {needed[provider]}")
     if provider != "cpu" and device.type != "cuda":
-        raise Unavailable(f"{config.backend} needs a GPU")
+        raise NotAvailable(f"{config.backend} needs a GPU")
     if config.dtype == "bf16":
-        raise Unavailable("the ONNX export is fp32 or fp16")
+        raise NotAvailable("the ONNX export is fp32 or fp16")
     height, width = Padder(config.height, config.width).padded_size
     name = f"{config.variant}-{config.dtype}-{config.corr}-b{config.batch}-{height}x{width}-{config.iters}.onnx"
     path = workdir / name
@@ -341,9 +340,9 @@ def _torchvision_runner(model, config: BenchConfig, device: torch.device):
     try:
         from torchvision.models.optical_flow import raft_large, raft_small
     except ImportError as error:
-        raise Unavailable("torchvision is not importable") from error
+        raise NotAvailable("torchvision is not importable") from error
     if config.dtype != "fp32" or config.corr != "volume":
-        raise Unavailable("the torchvision peer runs eager fp32 with its dense volume")
+        raise NotAvailable("the torchvision peer runs eager fp32 with its dense volume")
     from raft_engine.runtime.inputs import Padder
 
     peer = (raft_large if config.variant == "large" else raft_small)(weights=None)
@@ -421,7 +420,7 @@ def _load(variant: str, weights: str | Loaded | None) -> Loaded:
     if weights:
         model = load_model(weights)
         if model.config.variant != variant:
-            raise SystemExit(f"--weights {weights} is RAFT-{model.config.variant}, but --variant {variant} was asked")
+            raise UsageError(f"--weights {weights} is RAFT-{model.config.variant}, but --variant {variant} was asked")
         return model, weights
     torch.manual_seed(0)
     return RAFT(RAFTConfig.from_variant(variant)).eval(), "random (seed 0)"
@@ -467,16 +466,16 @@ class SweepContext:
 
 
 def make_runner(model, config: BenchConfig, device: torch.device, workdir: Path):
-    """A callable running one batch of `config` and returning its flow; Unavailable where it cannot run."""
+    """A callable running one batch of `config` and returning its flow; NotAvailable where it cannot run."""
     if config.backend in ENGINE_BACKENDS:
         if config.backend == "triton" and device.type != "cuda":
-            raise Unavailable("the Triton kernels run on CUDA (the CPU only has Triton's interpreter)")
+            raise NotAvailable("the Triton kernels run on CUDA (the CPU only has Triton's interpreter)")
         return _engine_runner(model, config, device)
     if config.backend.startswith("ort-"):
         return _ort_runner(model, config, device, workdir)
     if config.backend == "torchvision":
         return _torchvision_runner(model, config, device)
-    raise Unavailable(f"unknown backend {config.backend}")
+    raise NotAvailable(f"unknown backend {config.backend}")
 
 
 def _reset_memory(device: torch.device) -> int:
@@ -569,7 +568,7 @@ def measure(config: BenchConfig, model, context: SweepContext, weights: str) -> 
     flow = None
     try:
         flow = _time_config(config, model, context, record)
-    except Unavailable as reason:
+    except NotAvailable as reason:
         record["status"] = f"unavailable: {reason}"
     except torch.cuda.OutOfMemoryError:
         record["status"] = "out of memory"
@@ -672,7 +671,7 @@ def plot(records: list[dict], path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:
-        raise SystemExit("--plot needs matplotlib: pip install -e '.[plot]'") from error
+        raise MissingDependency("--plot needs matplotlib: pip install -e '.[plot]'", name="matplotlib") from error
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     series: dict[tuple, list[tuple[int, float, float]]] = {}
     for r in records:
@@ -813,7 +812,7 @@ def main(argv: list[str] | None = None) -> int:
         results = Path(args.render)
         if not results.is_dir():
             parser.error(f"--render {results}: no such folder")
-        Path("BENCHMARKS.md").write_text(render_markdown(results))
+        write_atomically("BENCHMARKS.md", render_markdown(results))
         print(f"wrote BENCHMARKS.md from {results}")
         return 0
 
@@ -830,8 +829,8 @@ def main(argv: list[str] | None = None) -> int:
         f"weights: {', '.join(sorted({r['weights'] for r in records}))}"
     )
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
+        make_folder(Path(args.json).parent)
+        write_atomically(args.json, json.dumps(records, indent=1) + "\n")
     if args.plot:
         plot(records, args.plot)
     return 0 if any(r["status"] == "ok" for r in records) else 1

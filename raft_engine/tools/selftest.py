@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from raft_engine.errors import NotAvailable
+from raft_engine.io.files import make_folder, write_atomically
 from raft_engine.runtime.inputs import interpreting
 
 # Relative L2 error of the flow against the float32 PyTorch reference that a check may reach. float32:
@@ -72,10 +74,6 @@ class Context:
     models: dict[str, Any] = field(default_factory=dict)
     pairs: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     references: dict[tuple[str, int, int], torch.Tensor] = field(default_factory=dict)
-
-
-class Skipped(Exception):
-    """The check does not apply here; the message says why."""
 
 
 # Environment ------------------------------------------------------------------------------------
@@ -230,13 +228,13 @@ def _engine_runner(check: Check, context: Context) -> tuple[Callable[[], torch.T
     device = context.device
     compiled = check.backend.startswith("compiled")
     if check.backend == "triton" and device.type == "cpu" and not interpreting():
-        raise Skipped("the Triton kernels run on CUDA, or on the CPU with TRITON_INTERPRET=1 set before start")
+        raise NotAvailable("the Triton kernels run on CUDA, or on the CPU with TRITON_INTERPRET=1 set before start")
     if check.backend == "compiled+graphs" and device.type != "cuda":
-        raise Skipped("CUDA graphs need a GPU")
+        raise NotAvailable("CUDA graphs need a GPU")
     if compiled and device.type == "cpu" and context.quick:
-        raise Skipped("--quick on the CPU: compiling takes about a minute per shape")
+        raise NotAvailable("--quick on the CPU: compiling takes about a minute per shape")
     if check.dtype == "fp16" and device.type == "cpu" and check.backend != "torch":
-        raise Skipped("float16 convolutions on the CPU are the torch backend's only")
+        raise NotAvailable("float16 convolutions on the CPU are the torch backend's only")
     engine = FlowEngine(
         _model(context, check.variant),
         device=device,
@@ -258,14 +256,14 @@ def _ort_runner(check: Check, context: Context) -> tuple[Callable[[], torch.Tens
     wanted = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
     providers = _ort_providers()
     if providers is None:
-        raise Skipped("onnxruntime is not installed (pip install onnxruntime-gpu, or onnxruntime)")
+        raise NotAvailable("onnxruntime is not installed (pip install onnxruntime-gpu, or onnxruntime)")
     if wanted[provider] not in providers:
-        raise Skipped(f"this onnxruntime has no {wanted[provider]} (available: {', '.join(providers)})")
+        raise NotAvailable(f"this onnxruntime has no {wanted[provider]} (available: {', '.join(providers)})")
     if provider != "cpu" and context.device.type != "cuda":
-        raise Skipped(f"{wanted[provider]} needs a GPU")
+        raise NotAvailable(f"{wanted[provider]} needs a GPU")
     for module in ("onnx", "onnxscript"):
         if _version(module) is None:
-            raise Skipped(f"exporting needs {module}: pip install onnx onnxscript")
+            raise NotAvailable(f"exporting needs {module}: pip install onnx onnxscript")
     from raft_engine.export import OrtFlowSession, export_onnx
     from raft_engine.runtime.inputs import Padder
 
@@ -333,7 +331,7 @@ def run_check(check: Check, context: Context) -> dict[str, Any]:
         )
         if not relative <= bound:  # NaN fails too
             record.update(status="fail", reason=f"relative error {relative:.3g} above {bound:g}")
-    except Skipped as reason:
+    except NotAvailable as reason:
         record.update(status="skipped", reason=str(reason))
     except Exception as error:  # noqa: BLE001 - every failure is one line of the report
         record.update(status="fail", reason=f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}")
@@ -389,8 +387,8 @@ def run(device: torch.device, quick: bool, json_path: str | None, out: Callable[
     counts = {status: sum(r["status"] == status for r in records) for status in ("ok", "fail", "skipped")}
     out(f"\n{counts['ok']} ok, {counts['fail']} failed, {counts['skipped']} skipped")
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps({"environment": env, "records": records}, indent=1) + "\n")
+        make_folder(Path(json_path).parent)
+        write_atomically(json_path, json.dumps({"environment": env, "records": records}, indent=1) + "\n")
     return 1 if counts["fail"] else 0
 
 

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from raft_engine.errors import InputError
+from raft_engine.io.files import write_atomically
 from raft_engine.model.config import RAFTConfig
 from raft_engine.model.raft import RAFT, coords_grid
 from raft_engine.scenes import TRAINING_SEED_START, SceneStyle, scene_tensors
@@ -74,12 +76,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.style()  # refuses an unknown style or ingredient now, not at the first batch
         if self.height % 8 or self.width % 8:
-            raise ValueError(f"training size must be a multiple of 8, got {self.height}x{self.width}")
+            raise InputError(f"training size must be a multiple of 8, got {self.height}x{self.width}")
         if self.steps < 1 or self.batch_size < 1 or self.iters < 1:
-            raise ValueError("steps, batch_size and iters must be >= 1")
+            raise InputError("steps, batch_size and iters must be >= 1")
         minimum = RAFTConfig.from_variant(self.variant).min_image_size
         if min(self.height, self.width) < minimum:  # smaller: the coarsest correlation level has 1 cell, NaN loss
-            raise ValueError(f"training size must be at least {minimum}x{minimum}, got {self.height}x{self.width}")
+            raise InputError(f"training size must be at least {minimum}x{minimum}, got {self.height}x{self.width}")
 
     def style(self) -> SceneStyle:
         return SceneStyle.parse(self.scenes, self.without)
@@ -198,10 +200,8 @@ def _batches(dataset: TrainingBatches, start: int, workers: int, pin_memory: boo
     yield from loader
 
 
-def _save_atomically(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _save(obj, path: Path) -> None:
+    write_atomically(path, lambda partial: torch.save(obj, partial))
 
 
 @contextlib.contextmanager
@@ -247,9 +247,9 @@ def train(
     Each call is recorded in the checkpoint (device, torch version, steps, seconds), so the summary
     of a run made in several calls, on several machines, names them all."""
     if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+        raise InputError(f"workers must be >= 0, got {workers}")
     if time_limit is not None and not time_limit > 0:
-        raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit}")
+        raise InputError(f"time_limit must be a positive number of seconds, got {time_limit}")
     called = time.monotonic()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -280,7 +280,7 @@ def train(
     if checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=where, weights_only=True)
         if state["config"] != dataclasses.asdict(config):
-            raise ValueError(f"{checkpoint_path} was written with another configuration: {state['config']}")
+            raise InputError(f"{checkpoint_path} was written with another configuration: {state['config']}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -305,7 +305,7 @@ def train(
 
     def save() -> None:
         call["steps"][1], call["seconds"] = step, round(time.monotonic() - called, 1)
-        _save_atomically(
+        _save(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -408,7 +408,7 @@ def package(
     state = torch.load(run_dir / "checkpoint.pth", map_location="cpu", weights_only=True)
     summary = json.loads((run_dir / "summary.json").read_text())
     if state["step"] != state["config"]["steps"]:
-        raise ValueError(f"{run_dir} stopped at step {state['step']} of {state['config']['steps']}; finish it first")
+        raise InputError(f"{run_dir} stopped at step {state['step']} of {state['config']['steps']}; finish it first")
     variant = state["config"]["variant"]
     weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state["model"].items()}
     destination.mkdir(parents=True, exist_ok=True)
