@@ -1,9 +1,8 @@
-"""Benchmark RAFT configurations: `python bench.py --help`. The code lives in raft_engine.tools.benchmark,
-so that the installed `raft-engine bench` runs the same thing."""
+"""`python bench.py ...`: the same as `raft-engine bench ...` (raft_engine.cli.bench)."""
 
 import sys
 
-from raft_engine.tools.benchmark import main
+from raft_engine.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", *sys.argv[1:]]))

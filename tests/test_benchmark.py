@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import weakref
 from dataclasses import asdict, replace
@@ -24,13 +23,18 @@ from raft_engine.tools.benchmark import (
     Sweep,
     SweepContext,
     count_flops,
-    main,
     measure,
     parse_resolution,
     run_sweep,
     table,
     torchvision_state_dict,
 )
+
+
+def main(argv: list[str]) -> int:
+    """The benchmark's command line, as `raft-engine bench` runs it."""
+    return cli_main(["bench", *argv])
+
 
 REQUIRED = {
     "device",
@@ -55,7 +59,7 @@ def test_resolutions():
     assert parse_resolution("sintel") == (440, 1024)
     assert parse_resolution("4k") == (2160, 3840)
     assert parse_resolution("500x1000") == (500, 1000)
-    with pytest.raises(argparse.ArgumentTypeError, match="expected one of sintel"):
+    with pytest.raises(ValueError, match="expected one of sintel"):
         parse_resolution("hd")
 
 

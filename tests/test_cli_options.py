@@ -10,7 +10,8 @@ import torch
 
 from raft_engine import RAFTConfig
 from raft_engine.cli import main
-from raft_engine.cli.flow import _build_parser, _make_engine
+from raft_engine.cli.main import build_parser as _build_parser
+from raft_engine.cli.options import make_engine as _make_engine
 from raft_engine.model.config import VARIANTS
 from raft_engine.runtime.engine import BACKENDS, CORR_MODES
 from raft_engine.runtime.inputs import DTYPE_NAMES, PADDING_MODES, Padder
@@ -32,8 +33,11 @@ TAKEN_BY = {
     "variant": {"flow"},
     "weights": {"flow", "inspect", "export", "demo", "evaluate"},
     "iters": {"flow", "inspect", "export", "demo", "evaluate"},
-    "device": {"flow", "inspect", "demo", "selftest", "evaluate"},
+    "device": {"flow", "inspect", "demo", "selftest", "evaluate", "bench", "train"},
 }
+# bench's list options name what it sweeps (its backends include peers: ONNX Runtime, torchvision), and
+# train's are the fields of the training configuration: options of their own, not the shared ones.
+OWN_OPTIONS = {"bench": {"backend", "corr", "dtype", "iters", "variant", "weights"}, "train": {"iters", "variant"}}
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
@@ -46,7 +50,11 @@ def _option(command: argparse.ArgumentParser, name: str) -> argparse.Action | No
 
 @pytest.mark.parametrize("name", sorted(TAKEN_BY))
 def test_shared_option_is_the_same_in_every_command(name):
-    found = {command: _option(parser, name) for command, parser in _commands().items() if _option(parser, name)}
+    found = {
+        command: _option(parser, name)
+        for command, parser in _commands().items()
+        if _option(parser, name) and name not in OWN_OPTIONS.get(command, ())
+    }
     assert set(found) == TAKEN_BY[name]
     for command, action in found.items():
         # None: not given (flow --onnx refuses the options a graph fixes); the library's default applies.
@@ -93,3 +101,50 @@ def test_demo_minimum_size_is_not_a_fixed_number(tmp_path, capsys, monkeypatch):
     assert smallest == 129
     code, err = _demo(tmp_path, capsys, smallest - 1, smallest)
     assert code == 1 and f"at least {smallest}" in err and "needs 136" in err, err
+
+
+@pytest.mark.parametrize("command", sorted(_commands()))
+def test_every_option_of_every_command_has_help(command, capsys):
+    parser = _commands()[command]
+    for action in parser._actions:
+        if action.option_strings:
+            assert action.help and action.help != argparse.SUPPRESS, (command, action.option_strings)
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"usage: raft-engine {command} ")
+    for action in parser._actions:
+        for flag in action.option_strings:
+            assert flag in shown, (command, flag)
+
+
+def test_the_aliases_run_the_same_commands():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for argv in (["bench.py", "--help"], ["-m", "raft_engine.train", "--help"]):
+        done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=120, cwd=root)
+        assert done.returncode == 0, done.stderr
+        command = "bench" if argv[0] == "bench.py" else "train"
+        assert done.stdout.startswith(f"usage: raft-engine {command} "), done.stdout[:200]
+
+
+def test_a_mistake_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    from raft_engine.cli import presets
+    from raft_engine.errors import InputError
+
+    def mistake(args):
+        raise InputError("the input is not acceptable")
+
+    monkeypatch.setattr(presets, "run", mistake)
+    assert main(["presets"]) == 1
+    assert capsys.readouterr().err == "raft-engine: error: the input is not acceptable\n"
+
+    def bug(args):
+        raise ValueError("a library's own ValueError: a bug of ours, not the user's mistake")
+
+    monkeypatch.setattr(presets, "run", bug)
+    with pytest.raises(ValueError, match="a bug of ours"):
+        main(["presets"])

@@ -22,7 +22,8 @@ from PIL import Image
 
 from raft_engine import FlowEngine, load_model
 from raft_engine.cli import main
-from raft_engine.cli.flow import _build_parser, _evaluate_engine
+from raft_engine.cli.evaluate import evaluate_engine as _evaluate_engine
+from raft_engine.cli.main import build_parser as _build_parser
 from raft_engine.evaluation import evaluate, fl_outliers, format_table, write_submission
 from raft_engine.io import read_flo, read_kitti_flow, write_flo, write_kitti_flow
 from raft_engine.model.config import VARIANTS

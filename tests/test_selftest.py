@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from raft_engine import selftest
+from raft_engine.tools import selftest
 from raft_engine.cli import main
 from raft_engine.tools.selftest import Check
 

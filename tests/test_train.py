@@ -9,7 +9,13 @@ import pytest
 import torch
 
 import raft_engine.training.loop as training
+from raft_engine.cli import main as cli_main
 from raft_engine.training.loop import TrainConfig, sequence_loss, train
+
+
+def main(argv: list[str]) -> int:
+    """The training command line, as `raft-engine train` runs it."""
+    return cli_main(["train", *argv])
 
 
 def test_sequence_loss_weights_and_max_flow():
@@ -117,14 +123,12 @@ def test_changed_configuration_is_refused(tmp_path):
 
 
 def test_command_line_trains_and_packages(tmp_path, capsys, small_held_out):
-    from raft_engine.training.loop import main
-
     args = [str(tmp_path / "run"), "--steps", "1", "--batch-size", "1", "--height", "128", "--width", "128",
             "--iters", "1", "--validation-pairs", "1", "--device", "cpu",
             "--package", str(tmp_path / "out")]  # fmt: skip
     main(args)
     record = json.loads((tmp_path / "out" / "builtin-small.json").read_text())
-    assert record["command"] == "python -m raft_engine.training.loop " + shlex.join(args)
+    assert record["command"] == "raft-engine train " + shlex.join(args)
     assert record["config"]["height"] == 128 and record["steps"] == 1
     assert record["held_out"] == {**small_held_out, "epe": packaged_epe(tmp_path / "out" / "builtin-small.pth")}
     assert f"held-out EPE {record['held_out']['epe']} px" in capsys.readouterr().out
@@ -165,8 +169,6 @@ def test_scene_style_and_init_are_configuration(tmp_path, monkeypatch):
 
 
 def test_package_records_real_image_results(tmp_path, small_held_out):
-    from raft_engine.training.loop import main
-
     results = {"methods": {"builtin": {"photos": {"epe": 1.5}}}}
     (tmp_path / "real.json").write_text(json.dumps(results))
     args = [str(tmp_path / "run"), "--steps", "1", "--batch-size", "1", "--height", "128", "--width", "128",
@@ -230,8 +232,6 @@ def test_workers_and_time_limit_change_nothing_in_the_result(tmp_path):
 
 
 def test_command_line_time_limit_stops_without_packaging(tmp_path, capsys, small_held_out):
-    from raft_engine.training.loop import main
-
     args = [str(tmp_path / "run"), "--steps", "2", "--batch-size", "1", "--height", "128", "--width", "128",
             "--iters", "1", "--validation-pairs", "1", "--device", "cpu", "--time-limit", "1e-9",
             "--package", str(tmp_path / "out")]  # fmt: skip
@@ -246,8 +246,7 @@ def test_command_line_time_limit_stops_without_packaging(tmp_path, capsys, small
         (["--time-limit", "0"], "--time-limit must be a positive number of seconds, got 0.0"),
         (["--real-images", "r.json"], "--real-images is recorded by --package; give both"),
     ]:
-        with pytest.raises(SystemExit):
-            main([str(tmp_path / "run2"), *bad])
+        assert main([str(tmp_path / "run2"), *bad]) == 1
         assert message in capsys.readouterr().err
     assert not (tmp_path / "run2").exists()
 

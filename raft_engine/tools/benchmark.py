@@ -1,5 +1,5 @@
 """Latency, throughput, memory, FLOPs and accuracy drift of RAFT configurations, with peers measured
-in the same run. `python bench.py --help` (or `raft-engine bench`) lists the options.
+in the same run. `raft-engine bench --help` (or `python bench.py --help`) lists the options.
 
 Per configuration: warm-up runs (the compile time of compiled backends is `warmup_s`; compiled
 backends get at least 3: compile, and with CUDA graphs record and replay), then timed runs (CUDA events
@@ -14,7 +14,6 @@ the sweep goes on; a reference that fails leaves only the drift missing (`refere
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import functools
@@ -36,8 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from raft_engine.errors import MissingDependency, NotAvailable, UsageError
-from raft_engine.io.files import make_folder, write_atomically
+from raft_engine.errors import InputError, MissingDependency, NotAvailable, UsageError
 
 if TYPE_CHECKING:
     from raft_engine.model.raft import RAFT
@@ -132,16 +130,17 @@ class BenchConfig:
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
+    """A name of RESOLUTIONS or HxW -> (height, width); anything else raises `InputError`."""
     if text in RESOLUTIONS:
         return RESOLUTIONS[text]
     try:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(
+        raise InputError(
             f"resolution {text!r}: expected one of {', '.join(RESOLUTIONS)} or HxW (e.g. 436x1024)"
         ) from None
     if height < 1 or width < 1:
-        raise argparse.ArgumentTypeError(f"resolution {text!r} must be positive")
+        raise InputError(f"resolution {text!r} must be positive")
     return height, width
 
 
@@ -726,115 +725,23 @@ def render_markdown(results_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def build_configs(args) -> list[BenchConfig]:
-    configs = []
-    for variant in args.variant:
-        for height, width in args.resolution:
-            for batch in args.batch:
-                for iters in args.iters:
-                    for dtype in args.dtype:
-                        for corr in args.corr:
-                            for backend in args.backend:
-                                configs.append(BenchConfig(backend, variant, dtype, batch, height, width, iters, corr))
-    return configs
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    parser.add_argument("--quick", action="store_true", help="a small sweep that finishes in under a minute")
-    parser.add_argument("--sweep", choices=tuple(SWEEPS), help="a named sweep (overrides the list options)")
-    parser.add_argument("--backend", nargs="+", choices=BACKENDS, default=None)
-    parser.add_argument("--variant", nargs="+", choices=("large", "small"), default=None)
-    parser.add_argument(
-        "--resolution",
-        nargs="+",
-        type=parse_resolution,
-        default=None,
-        help=f"{', '.join(f'{k} ({h}x{w})' for k, (h, w) in RESOLUTIONS.items())} or HxW",
-    )
-    parser.add_argument("--batch", nargs="+", type=int, default=None)
-    parser.add_argument("--iters", nargs="+", type=int, default=None)
-    parser.add_argument("--dtype", nargs="+", choices=DTYPES, default=None)
-    parser.add_argument("--corr", nargs="+", choices=("volume", "ondemand"), default=None)
-    parser.add_argument(
-        "--weights",
-        action="append",
-        default=[],
-        metavar="W",
-        help="checkpoint or preset per variant (default: random weights; speed does not depend on "
-        "them, the drift does)",
-    )
-    default, quick = SWEEPS["default"], SWEEPS["quick"]
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=None,
-        help=f"warm-up runs (default {default.warmup}, quick {quick.warmup}; compiled backends at least "
-        f"{COMPILED_WARMUP})",
-    )
-    parser.add_argument(
-        "--runs", type=int, default=None, help=f"timed runs (default {default.runs}, quick {quick.runs})"
-    )
-    parser.add_argument("--json", metavar="PATH", help="write the records as a JSON list")
-    parser.add_argument("--plot", metavar="PATH", help="latency and throughput against batch size, PNG (matplotlib)")
-    parser.add_argument("--render", metavar="DIR", help="only render DIR/*.json into BENCHMARKS.md and exit")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser
-
-
-def _apply_sweep(args, parser: argparse.ArgumentParser, device: torch.device) -> tuple[int, int]:
-    """Fill the list options left unset from the sweep (--sweep, else "quick" with --quick, else "default")
-    -> (warm-up runs, timed runs): the options', else the "quick" entry's with --quick, else the sweep's."""
-    sweep = SWEEPS[args.sweep or ("quick" if args.quick else "default")]
-    args.variant = args.variant or list(sweep.variants)
-    args.resolution = args.resolution or sweep.sizes()
-    args.batch = args.batch or list(sweep.batches)
-    args.iters = args.iters or list(sweep.iters)
-    args.dtype = args.dtype or list(sweep.dtypes)
-    args.backend = args.backend or sweep.backends_on(device)
-    args.corr = args.corr or ["volume"]
-    if any(b < 1 for b in args.batch) or any(i < 1 for i in args.iters):
-        parser.error("batch sizes and iteration counts must be >= 1")
-    counts = SWEEPS["quick"] if args.quick else sweep
-    warmup = args.warmup if args.warmup is not None else counts.warmup
-    runs = args.runs if args.runs is not None else counts.runs
-    if runs < 1 or warmup < 0:
-        parser.error("--runs must be >= 1 and --warmup >= 0")
-    return warmup, runs
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-
-    if args.render:
-        results = Path(args.render)
-        if not results.is_dir():
-            parser.error(f"--render {results}: no such folder")
-        write_atomically("BENCHMARKS.md", render_markdown(results))
-        print(f"wrote BENCHMARKS.md from {results}")
-        return 0
-
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda, but CUDA is not available")
-    warmup, runs = _apply_sweep(args, parser, device)
-    weights = load_weights(args.weights)  # each checkpoint once; the sweep reuses the models
-    configs = build_configs(args)
-    records = run_sweep(configs, device, weights, warmup, runs, progress=not args.no_progress)
-    print(table(records))
-    print(
-        f"device: {records[0]['device']}; bf16 matrix-product peak {records[0]['bf16_matmul_tflops']} TFLOP/s; "
-        f"weights: {', '.join(sorted({r['weights'] for r in records}))}"
-    )
-    if args.json:
-        make_folder(Path(args.json).parent)
-        write_atomically(args.json, json.dumps(records, indent=1) + "\n")
-    if args.plot:
-        plot(records, args.plot)
-    return 0 if any(r["status"] == "ok" for r in records) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def build_configs(
+    variants: list[str],
+    resolutions: list[tuple[int, int]],
+    batches: list[int],
+    iters: list[int],
+    dtypes: list[str],
+    corrs: list[str],
+    backends: list[str],
+) -> list[BenchConfig]:
+    """Every combination of the lists, in this order of nesting (backends innermost)."""
+    return [
+        BenchConfig(backend, variant, dtype, batch, height, width, count, corr)
+        for variant in variants
+        for height, width in resolutions
+        for batch in batches
+        for count in iters
+        for dtype in dtypes
+        for corr in corrs
+        for backend in backends
+    ]

@@ -5,7 +5,7 @@ Resumable: the run's folder holds `checkpoint.pth` (model, optimizer, schedule, 
 `log.jsonl`; the training pairs are a function of the step, so a resumed run sees the same data.
 bf16 autocast on CUDA; float32 on the CPU.
 
-    python -m raft_engine.training.loop RUN_DIR --steps 10000 --batch-size 6 --height 192 --width 256
+    raft-engine train RUN_DIR --steps 10000 --batch-size 6 --height 192 --width 256
 
 `--workers N` generates the batches in N processes ahead of the model (the generator runs on the
 CPU: 0.38 s a pair at 288x384 for v2 scenes without textures and degradations, so a GPU step waits
@@ -22,15 +22,12 @@ on v1's held-out seeds at the training size, so runs with different scenes compa
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
 import math
 import os
 import platform
-import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -426,53 +423,3 @@ def package(
     }
     (destination / f"builtin-{variant}.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m raft_engine.training.loop", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", help="folder for the checkpoint and the log; an existing run resumes")
-    parser.add_argument("--device", default=None)
-    parser.add_argument(
-        "--workers", type=int, default=0, help="processes generating batches ahead of the model (default 0: none)"
-    )
-    parser.add_argument(
-        "--time-limit",
-        type=float,
-        metavar="SECONDS",
-        help="checkpoint and stop after the step that reaches this many seconds; the same command continues",
-    )
-    parser.add_argument(
-        "--package", metavar="DIR", help="when the run is complete, write DIR/builtin-VARIANT.{pth,json}"
-    )
-    parser.add_argument(
-        "--real-images", metavar="JSON", help="with --package: benchmarks/real_flow.py's --json output, recorded"
-    )
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        parser.add_argument(flag, type=type(field.default), default=field.default)
-    args = parser.parse_args(argv)
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    try:
-        config = TrainConfig(**values)
-    except ValueError as error:
-        parser.error(str(error))
-    if args.workers < 0:
-        parser.error(f"--workers must be >= 0, got {args.workers}")
-    if args.time_limit is not None and not args.time_limit > 0:
-        parser.error(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
-    if args.real_images and not args.package:
-        parser.error("--real-images is recorded by --package; give both")
-    real_images = json.loads(Path(args.real_images).read_text()) if args.real_images else None
-    train(config, args.run_dir, args.device, workers=args.workers, time_limit=args.time_limit)
-    if not run_finished(args.run_dir):
-        step = torch.load(Path(args.run_dir) / "checkpoint.pth", map_location="cpu", weights_only=True)["step"]
-        print(f"stopped at step {step} of {config.steps} (time limit); run the same command again to continue")
-        return
-    if args.package:
-        command = "python -m raft_engine.training.loop " + shlex.join(sys.argv[1:] if argv is None else argv)
-        record = package(args.run_dir, args.package, notes={"command": command}, real_images=real_images)
-        print(f"wrote {args.package}/builtin-{config.variant}.pth; held-out EPE {record['held_out']['epe']} px")
-
-
-if __name__ == "__main__":
-    main()
