@@ -45,8 +45,8 @@ from raft_engine.export.ort_session import (
 )
 from raft_engine.model.correlation import OnDemandCorrelation, corr_ondemand_gather, dense_pyramid_bytes
 from raft_engine.model.raft import RAFT
-from raft_engine.runtime.engine import DEFAULT_CORR_BUDGET  # corr="auto": FlowEngine's budget, 2 GiB
 from raft_engine.runtime.inputs import positive_int
+from raft_engine.runtime.options import CORR_MODES, DEFAULT_CORR_BUDGET  # corr="auto": FlowEngine's budget, 2 GiB
 from raft_engine.scenes import scene_tensors
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 ONNX_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 MIN_OPSET = 16  # GridSample
 DEFAULT_OPSET = 18
-CORR_CHOICES = ("auto", "volume", "ondemand")
 # The size a dynamic-size graph is traced and verified at when height and width are not given; unequal
 # sides, or torch.export would be free to take the two dimensions for one.
 DYNAMIC_TRACE_SIZE = (256, 320)
@@ -127,8 +126,8 @@ def resolve_corr(
     corr: str, config, batch: int, height: int, width: int, dynamic_size: bool, corr_budget: float
 ) -> tuple[str, str]:
     """The correlation an export uses, "volume" or "ondemand", and why, for `batch` pairs at height x width."""
-    if corr not in CORR_CHOICES:
-        raise InputError(f"unknown corr {corr!r}; expected one of {CORR_CHOICES}")
+    if corr not in CORR_MODES:
+        raise InputError(f"unknown corr {corr!r}; expected one of {CORR_MODES}")
     if isinstance(corr_budget, bool) or not isinstance(corr_budget, (int, float)) or not corr_budget > 0:
         raise InputError(f"corr_budget must be a positive number of bytes, got {corr_budget!r}")
     if dynamic_size:

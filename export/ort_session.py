@@ -13,7 +13,7 @@ import os
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,8 @@ import torch
 
 from raft_engine.errors import InputError, MissingFileError, ProviderError
 from raft_engine.model.raft import FlowResult
-from raft_engine.runtime.inputs import ImageLike, Padder, check_padding, check_pair, to_image_batch
+from raft_engine.runtime.estimator import EstimatorSettings, check_fixed_iters, pairwise_sequence
+from raft_engine.runtime.inputs import ArrayLike, ImageLike, Padder, check_padding, check_pair, to_image_batch
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -396,21 +397,59 @@ class OrtFlowSession:
             session.run(None, {"image1": zeros, "image2": zeros})
             return json.loads(Path(session.end_profiling()).read_text())
 
-    def estimate(self, image1: ImageLike, image2: ImageLike) -> FlowResult:
+    @property
+    def settings(self) -> EstimatorSettings:
+        """What the graph runs with: its variant, precision and correlation, the provider in use, and what
+        it fixes (iterations, padded size unless dynamic, batch unless dynamic; no flow_init input)."""
+        provider = self.providers[0]
+        return EstimatorSettings(
+            variant=self.variant,
+            backend=f"onnxruntime ({provider})",
+            dtype=self.metadata.get("raft_engine.dtype", "fp32"),
+            device=f"cuda:{self.device_id}" if self.on_gpu else "cpu",
+            corr=self.corr,
+            source=str(self.path),
+            iters=int(self.metadata["raft_engine.iterations"]),
+            runs_own_iters=True,
+            size=None if self.height is None or self.width is None else (self.height, self.width),
+            batch=self.batch,
+            takes_flow_init=False,
+        )
+
+    def describe(self, height: int | None = None, width: int | None = None) -> str:
+        return f"RAFT-{self.variant} graph {self.path.name}, ONNX Runtime {self.providers[0]}"
+
+    def estimate(
+        self, image1: ImageLike, image2: ImageLike, iters: int | None = None, flow_init: ArrayLike | None = None
+    ) -> FlowResult:
         """Flow from image1 to image2, cropped back to the input size; torch tensors on the input's
-        device (CUDA input to a CUDA session never visits the host)."""
+        device (CUDA input to a CUDA session never visits the host). iters: None, or the graph's own
+        count; flow_init: None (the graph has no such input)."""
+        check_fixed_iters(self.settings, iters, str(self.path))
+        if flow_init is not None:
+            raise InputError(f"{self.path} has no flow_init input: warm start is not available with an exported graph")
         batch1, batch2 = to_image_batch(image1, "image1"), to_image_batch(image2, "image2")
         check_pair(batch1, batch2)
         height, width = batch1.shape[-2:]
         padder = Padder(height, width, self.padding)
         try:
             self.check_input_size(*padder.padded_size)
-        except ValueError as error:
+        except InputError as error:
             padded = f"{padder.padded_size[0]}x{padder.padded_size[1]}"
             raise InputError(f"images of {height}x{width} pad to {padded}: {error}") from None
         result = self._run(padder.pad(batch1).contiguous(), padder.pad(batch2).contiguous())
         flow_low = result.flow_low
         return FlowResult(flow=padder.unpad(result.flow), flow_low=flow_low)
+
+    def sequence(
+        self,
+        frames: Iterable[ImageLike],
+        iters: int | None = None,
+        warm_start: bool = False,
+        batch_size: int | None = None,
+    ) -> Iterator[FlowResult]:
+        """The flow of each consecutive pair of `frames`, pair by pair (see `pairwise_sequence`)."""
+        return pairwise_sequence(self, frames, iters, warm_start, batch_size)
 
     def run(self, image1: ImageLike, image2: ImageLike) -> FlowResult:
         """The graph on images already padded to a size it takes (see `check_input_size`), without

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,16 @@ from raft_engine.export.ort_session import (
     check_tensors,
 )
 from raft_engine.model.raft import RAFT, FlowResult
-from raft_engine.runtime.inputs import ImageLike, Padder, check_padding, check_pair, positive_int, to_image_batch
+from raft_engine.runtime.estimator import EstimatorSettings, pairwise_sequence
+from raft_engine.runtime.inputs import (
+    ArrayLike,
+    ImageLike,
+    Padder,
+    check_padding,
+    check_pair,
+    positive_int,
+    to_image_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +257,121 @@ def export_triton(
 # Client ------------------------------------------------------------------------------------------
 
 
+class TritonFlowClient:
+    """A flow estimator served by a Triton Inference Server (or any server of the KServe v2 protocol) at
+    `url`, model `model_name` (a repository from `export_triton`), over HTTP: a `FlowEstimator`.
+
+    Images of any size are padded like FlowEngine (`padding`) and the flow cropped back; results are on
+    the CPU: flow (B, 2, H, W) float32 in pixels, and flow_low when the graph has it. The model's metadata
+    (its input shape and batch) is read once, on first use; what the served graph cannot take is refused
+    before anything is sent. The graph runs its own iteration count, which the server does not report, and
+    has no flow_init input."""
+
+    def __init__(self, url: str = "localhost:8000", model_name: str = "raft", padding: str = "sintel",
+                 timeout: float = 60.0) -> None:  # fmt: skip
+        check_padding(padding)
+        self.url, self.model_name, self.padding, self.timeout = url, model_name, padding, timeout
+        self._metadata: dict[str, Any] | None = None
+
+    def _client(self) -> Any:
+        try:
+            import tritonclient.http as httpclient
+        except ImportError as error:
+            raise MissingDependency(
+                "the Triton Inference Server client needs tritonclient's HTTP client: "
+                "pip install 'raft-engine[triton]'",
+                name="tritonclient",
+            ) from error
+        return httpclient.InferenceServerClient(self.url, connection_timeout=self.timeout, network_timeout=self.timeout)
+
+    def _served(self) -> dict[str, Any]:
+        """{"input": the image1 shape (-1 where dynamic), "outputs": names, "max_batch_size": int}."""
+        if self._metadata is None:
+            client = self._client()
+            try:
+                metadata = client.get_model_metadata(self.model_name)
+                max_batch_size = int(client.get_model_config(self.model_name).get("max_batch_size", 0))
+            finally:
+                client.close()
+            wanted = {entry["name"]: [int(d) for d in entry["shape"]] for entry in metadata["inputs"]}
+            outputs = [entry["name"] for entry in metadata["outputs"]]
+            self._metadata = {"input": wanted.get("image1"), "outputs": outputs, "max_batch_size": max_batch_size}
+        return self._metadata
+
+    @property
+    def settings(self) -> EstimatorSettings:
+        served = self._served()
+        shape = served["input"] or [-1, 3, -1, -1]
+        size = None if -1 in shape[2:] else (shape[2], shape[3])
+        return EstimatorSettings(
+            variant="unknown",  # the server's metadata does not name it
+            backend=f"triton-server ({self.url})",
+            dtype="fp32",
+            device=self.url,
+            corr="unknown",
+            source=f"{self.url}/{self.model_name}",
+            runs_own_iters=True,
+            size=size,
+            batch=None if shape[0] == -1 else shape[0],
+            takes_flow_init=False,
+        )
+
+    def describe(self, height: int | None = None, width: int | None = None) -> str:
+        return f"model {self.model_name!r} of the inference server at {self.url}"
+
+    def estimate(
+        self, image1: ImageLike, image2: ImageLike, iters: int | None = None, flow_init: ArrayLike | None = None
+    ) -> FlowResult:
+        """Flow from image1 to image2. iters: None (the served graph's own count); flow_init: None."""
+        if iters is not None:
+            raise InputError(
+                f"{self.describe()} runs its graph's own iteration count, which the server does not report: "
+                "leave iters unset"
+            )
+        if flow_init is not None:
+            raise InputError(f"{self.describe()} has no flow_init input: warm start is not available")
+        import tritonclient.http as httpclient
+
+        batch1, batch2 = to_image_batch(image1, "image1"), to_image_batch(image2, "image2")
+        check_pair(batch1, batch2)
+        height, width = batch1.shape[-2:]
+        padder = Padder(height, width, self.padding)
+        padded1 = padder.pad(batch1).cpu().contiguous().numpy().astype(np.float32, copy=False)
+        padded2 = padder.pad(batch2).cpu().contiguous().numpy().astype(np.float32, copy=False)
+        served = self._served()
+        _check_served_shape(served["input"], padded1.shape, padder, self.model_name)
+        if served["max_batch_size"] and padded1.shape[0] > served["max_batch_size"]:
+            raise InputError(
+                f"model {self.model_name!r} takes batches of up to {served['max_batch_size']} (max_batch_size), got "
+                f"{padded1.shape[0]}"
+            )
+        inputs = []
+        for name, array in (("image1", padded1), ("image2", padded2)):
+            tensor = httpclient.InferInput(name, list(array.shape), "FP32")
+            tensor.set_data_from_numpy(array, binary_data=True)
+            inputs.append(tensor)
+        names = served["outputs"]
+        requested = [httpclient.InferRequestedOutput(name, binary_data=True) for name in names]
+        client = self._client()
+        try:
+            result = client.infer(self.model_name, inputs, outputs=requested)
+        finally:
+            client.close()
+        flow = padder.unpad(torch.from_numpy(np.array(result.as_numpy("flow"))))
+        flow_low = torch.from_numpy(np.array(result.as_numpy("flow_low"))) if "flow_low" in names else None
+        return FlowResult(flow=flow, flow_low=flow_low)
+
+    def sequence(
+        self,
+        frames: Iterable[ImageLike],
+        iters: int | None = None,
+        warm_start: bool = False,
+        batch_size: int | None = None,
+    ) -> Iterator[FlowResult]:
+        """The flow of each consecutive pair of `frames`, pair by pair (see `pairwise_sequence`)."""
+        return pairwise_sequence(self, frames, iters, warm_start, batch_size)
+
+
 def triton_flow(
     image1: ImageLike,
     image2: ImageLike,
@@ -255,46 +380,9 @@ def triton_flow(
     padding: str = "sintel",
     timeout: float = 60.0,
 ) -> FlowResult:
-    """Flow from image1 to image2 by a Triton Inference Server at `url` serving `model_name` (a model
-    repository from `export_triton`), over HTTP. Images of any size are padded like FlowEngine and the
-    flow cropped back; the result is on the CPU: flow (B, 2, H, W) float32 in pixels, and flow_low
-    when the graph has it."""
-    try:
-        import tritonclient.http as httpclient
-    except ImportError as error:
-        raise MissingDependency(
-            "triton_flow needs tritonclient's HTTP client: pip install 'raft-engine[triton]'"
-        ) from error
-    check_padding(padding)
-    batch1, batch2 = to_image_batch(image1, "image1"), to_image_batch(image2, "image2")
-    check_pair(batch1, batch2)
-    height, width = batch1.shape[-2:]
-    padder = Padder(height, width, padding)
-    padded1 = padder.pad(batch1).cpu().contiguous().numpy().astype(np.float32, copy=False)
-    padded2 = padder.pad(batch2).cpu().contiguous().numpy().astype(np.float32, copy=False)
-    client = httpclient.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
-    try:
-        metadata = client.get_model_metadata(model_name)
-        wanted = {entry["name"]: [int(d) for d in entry["shape"]] for entry in metadata["inputs"]}
-        _check_served_shape(wanted.get("image1"), padded1.shape, padder, model_name)
-        max_batch_size = int(client.get_model_config(model_name).get("max_batch_size", 0))
-        if max_batch_size and padded1.shape[0] > max_batch_size:
-            raise InputError(
-                f"model {model_name!r} takes batches of up to {max_batch_size} (max_batch_size), got {padded1.shape[0]}"
-            )
-        inputs = []
-        for name, array in (("image1", padded1), ("image2", padded2)):
-            tensor = httpclient.InferInput(name, list(array.shape), "FP32")
-            tensor.set_data_from_numpy(array, binary_data=True)
-            inputs.append(tensor)
-        names = [entry["name"] for entry in metadata["outputs"]]
-        requested = [httpclient.InferRequestedOutput(name, binary_data=True) for name in names]
-        result = client.infer(model_name, inputs, outputs=requested)
-    finally:
-        client.close()
-    flow = padder.unpad(torch.from_numpy(np.array(result.as_numpy("flow"))))
-    flow_low = torch.from_numpy(np.array(result.as_numpy("flow_low"))) if "flow_low" in names else None
-    return FlowResult(flow=flow, flow_low=flow_low)
+    """Flow from image1 to image2 by a Triton Inference Server at `url` serving `model_name`, over HTTP:
+    `TritonFlowClient(url, model_name, padding, timeout).estimate(image1, image2)`."""
+    return TritonFlowClient(url, model_name, padding, timeout).estimate(image1, image2)
 
 
 def _check_served_shape(served: list[int] | None, shape: tuple[int, ...], padder: Padder, model_name: str) -> None:

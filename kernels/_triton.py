@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from raft_engine.errors import InputError
-from raft_engine.runtime.inputs import interpreting
+from raft_engine.interpreter import interpreting
 
 __all__ = [
     "PYRAMID_DTYPES",

@@ -6,6 +6,8 @@ from raft_engine.errors import RaftEngineError
 from raft_engine.model.config import RAFTConfig
 from raft_engine.model.raft import RAFT, FlowResult, RAFTOutput
 from raft_engine.runtime.engine import FlowEngine
+from raft_engine.runtime.estimator import EstimatorSettings, FlowEstimator
+from raft_engine.runtime.options import EngineOptions
 from raft_engine.weights import PRESETS, load_model
 
 try:
@@ -15,7 +17,10 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
 
 __all__ = [
     "PRESETS",
+    "EngineOptions",
+    "EstimatorSettings",
     "FlowEngine",
+    "FlowEstimator",
     "FlowResult",
     "RAFT",
     "RAFTConfig",

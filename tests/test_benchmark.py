@@ -16,8 +16,8 @@ import raft_engine.weights
 from raft_engine import RAFT, FlowEngine, RAFTConfig
 from raft_engine.cli import main as cli_main
 from raft_engine.tools.benchmark import (
-    BACKENDS,
     MEASURED,
+    MEASURED_BACKENDS,
     SWEEPS,
     BenchConfig,
     Sweep,
@@ -222,7 +222,7 @@ def test_quick_runs_the_quick_entry(monkeypatch):
     assert seen["configs"] == expected_configs(quick, quick.backends) and seen["runs"] == 3
     # --quick with another sweep: that sweep's lists, the quick entry's counts (as before the table had them).
     assert main(["--device", "cpu", "--quick", "--sweep", "ptlflow", "--no-progress"]) == 0
-    assert seen["configs"] == expected_configs(SWEEPS["ptlflow"], BACKENDS)
+    assert seen["configs"] == expected_configs(SWEEPS["ptlflow"], MEASURED_BACKENDS)
     assert (seen["warmup"], seen["runs"]) == (1, 3)
     # The table is what --quick reads.
     monkeypatch.setitem(SWEEPS, "quick", replace(quick, iters=(2, 3), backends=("torch",), runs=5))
@@ -237,7 +237,7 @@ def test_default_sweep_depends_on_the_device(monkeypatch):
     gpu = ["torch", "triton", "compiled", "compiled+graphs", "ort-cuda", "torchvision"]
     assert default.backends_on(torch.device("cuda")) == gpu
     assert default.sizes() == [(440, 1024)] and (default.warmup, default.runs) == (3, 20)
-    assert SWEEPS["standard"].backends_on(torch.device("cpu")) == list(BACKENDS)  # no CPU variant: the same
+    assert SWEEPS["standard"].backends_on(torch.device("cpu")) == list(MEASURED_BACKENDS)  # no CPU variant: the same
     seen = capture_sweep(monkeypatch)
     assert main(["--device", "cpu", "--no-progress"]) == 0
     assert seen["configs"] == expected_configs(default, ["torch", "ort-cpu"])

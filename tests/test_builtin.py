@@ -134,7 +134,7 @@ def test_backends_and_dtypes_stay_within_their_drift(
     builtin, drift_pairs, reference_flows, reference_epe, name, options
 ):
     if options["backend"] == "triton":
-        from raft_engine.kernels._triton import interpreting
+        from raft_engine.interpreter import interpreting
 
         if not interpreting():
             pytest.skip("Triton's interpreter is off")

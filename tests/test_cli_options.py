@@ -13,8 +13,8 @@ from raft_engine.cli import main
 from raft_engine.cli.main import build_parser as _build_parser
 from raft_engine.cli.options import make_engine as _make_engine
 from raft_engine.model.config import VARIANTS
-from raft_engine.runtime.engine import BACKENDS, CORR_MODES
-from raft_engine.runtime.inputs import DTYPE_NAMES, PADDING_MODES, Padder
+from raft_engine.runtime.inputs import Padder
+from raft_engine.runtime.options import BACKENDS, CORR_MODES, DTYPE_NAMES, PADDING_MODES
 from raft_engine.weights import load_model
 
 LIBRARY_CHOICES = {

@@ -37,12 +37,12 @@ def test_one_graph_without_breaks_reproduces_the_fixture(compiled_small, referen
 
 def test_warm_shapes_do_not_compile_again_and_new_ones_are_bounded(compiled_small, official_small, reference, caplog):
     odd1, odd2 = reference["odd_image1"], reference["odd_image2"]  # pads to the warmed-up 128x160
-    with caplog.at_level(logging.INFO, logger="raft_engine.runtime.engine"):
+    with caplog.at_level(logging.INFO, logger="raft_engine.runtime"):
         warm = compiled_small.estimate(odd1, odd2, iters=6)
     assert "compiling" not in caplog.text
     assert rel_error(warm.flow[0], reference["official_small_odd_flow"]) < TOLERANCE
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="raft_engine.runtime.engine"):
+    with caplog.at_level(logging.INFO, logger="raft_engine.runtime"):
         other = compiled_small.estimate(odd1, odd2, iters=3)  # a second shape: over max_compiled_shapes=1
         compiled_small.estimate(odd1, odd2, iters=2)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

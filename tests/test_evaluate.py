@@ -29,8 +29,9 @@ from raft_engine.io import read_flo, read_kitti_flow, write_flo, write_kitti_flo
 from raft_engine.model.config import VARIANTS
 from raft_engine.model.raft import FlowResult
 from raft_engine.model.warm_start import forward_interpolate
-from raft_engine.runtime.engine import BACKENDS, CORR_MODES
-from raft_engine.runtime.inputs import DTYPE_NAMES, PADDING_MODES, Padder
+from raft_engine.runtime.estimator import EstimatorSettings, pairwise_sequence
+from raft_engine.runtime.inputs import Padder
+from raft_engine.runtime.options import BACKENDS, CORR_MODES, DTYPE_NAMES, PADDING_MODES
 from raft_engine.scenes import generate_pair
 
 # ------------------------------------------------------------------------------------------------
@@ -72,9 +73,17 @@ class Oracle:
     """Stands in for FlowEngine: the flow it returns for a pair is the one the test set for its first
     frame (or, for unknown frames, the padded grid's coordinates / 64); it records every call."""
 
+    settings = EstimatorSettings(variant="small", backend="oracle", dtype="fp32", device="cpu", corr="volume")
+
     def __init__(self) -> None:
         self.flows: dict[bytes, np.ndarray] = {}
         self.calls: list[SimpleNamespace] = []
+
+    def describe(self, height=None, width=None) -> str:
+        return "the oracle"
+
+    def sequence(self, frames, iters=None, warm_start=False, batch_size=None):
+        return pairwise_sequence(self, frames, iters, warm_start, batch_size)
 
     def answer(self, image1: np.ndarray, flow: np.ndarray) -> None:
         self.flows[image1.tobytes()] = np.asarray(flow, np.float32)
@@ -438,11 +447,22 @@ class FakeSession(Oracle):
 
     def __init__(self, height: int, width: int, iterations: int) -> None:
         super().__init__()
-        self.metadata = {"raft_engine.iterations": str(iterations), "raft_engine.variant": "small"}
-        self.height, self.width, self.batch, self.path = height, width, 1, Path("raft.onnx")
-        self.providers = ["CPUExecutionProvider"]
+        self.settings = EstimatorSettings(
+            variant="small",
+            backend="onnxruntime (CPUExecutionProvider)",
+            dtype="fp32",
+            device="cpu",
+            corr="volume",
+            source="raft.onnx",
+            iters=iterations,
+            runs_own_iters=True,
+            size=(height, width),
+            batch=1,
+            takes_flow_init=False,
+        )
 
-    def estimate(self, image1, image2):  # type: ignore[override]
+    def estimate(self, image1, image2, iters=None, flow_init=None):
+        assert iters == self.settings.iters and flow_init is None  # what a graph takes
         return super().estimate(image1, image2, iters=None, flow_init=None)
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from raft_engine import FlowEngine
 from raft_engine.cli import main
-from raft_engine.kernels._triton import interpreting
+from raft_engine.interpreter import interpreting
 from raft_engine.tools.inspection_html import write_report
 
 # A cell on every level's integer grid (8 = 2^3) and one with odd coordinates.

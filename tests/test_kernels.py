@@ -15,10 +15,10 @@ from unittest import mock
 import pytest
 import torch
 
+from raft_engine.interpreter import interpreting
 from raft_engine.kernels import convex_upsample as upsample_module
 from raft_engine.kernels import corr_lookup as lookup_module
 from raft_engine.kernels import corr_ondemand as ondemand_module
-from raft_engine.kernels._triton import interpreting
 from raft_engine.kernels.convex_upsample import convex_upsample, convex_upsample_ref
 from raft_engine.kernels.corr_lookup import corr_lookup, corr_lookup_ref
 from raft_engine.kernels.corr_ondemand import corr_ondemand, corr_ondemand_ref, pooled_pyramid

@@ -11,8 +11,8 @@ from conftest import rel_error, to_tensor
 from synthetic import synthetic_state_dict
 
 from raft_engine import RAFT, FlowEngine, RAFTConfig, load_model
+from raft_engine.interpreter import interpreting
 from raft_engine.model.correlation import DenseCorrelation
-from raft_engine.runtime.inputs import interpreting
 
 # Float32 against the float32 references, relative error: measured at most 6.2e-7 on the CPU (torch and
 # Triton through the interpreter); subtle numerics (BatchNorm eps 1e-4 instead of 1e-5, correlation inputs

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from raft_engine.tools import selftest
 from raft_engine.cli import main
+from raft_engine.tools import selftest
 from raft_engine.tools.selftest import Check
 
 KEYS = {"check", "backend", "variant", "dtype", "status", "drift", "latency_ms", "reason"}

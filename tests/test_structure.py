@@ -126,7 +126,7 @@ def test_the_import_graph_has_no_cycle():
         "raft_engine.runtime.inputs",
         "raft_engine.model.raft",
     }  # the parser sees imports
-    assert "raft_engine.kernels" in graph["raft_engine.runtime.engine"]  # and those inside functions
+    assert "raft_engine.kernels" in graph["raft_engine.runtime.parts"]  # and those inside functions
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 

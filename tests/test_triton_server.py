@@ -306,3 +306,27 @@ def test_client_refuses_what_the_served_graph_cannot_take(server):
         triton_flow(image, image, url=server, model_name="flow")
     with pytest.raises(ValueError, match="image sizes differ"):
         triton_flow(image, torch.full((1, 3, 128, 170), 128.0), url=server, model_name="flow")
+
+
+def test_the_session_and_the_client_are_flow_estimators(server, repository):
+    from raft_engine import FlowEstimator
+    from raft_engine.export import TritonFlowClient
+
+    session = OrtFlowSession(repository / "flow" / "1" / "model.onnx", providers="cpu")
+    client = TritonFlowClient(server, model_name="flow")
+    assert isinstance(session, FlowEstimator) and isinstance(client, FlowEstimator)
+    assert session.settings.runs_own_iters and not session.settings.takes_flow_init
+    assert session.settings.iters == int(session.metadata["raft_engine.iterations"])
+    assert client.settings.runs_own_iters and client.settings.iters is None and client.settings.size is None
+    assert client.settings.source == f"{server}/flow" and "inference server" in client.describe()
+    frames = [scene_tensors([seed], 128, 160)[0] for seed in (0, 1)]
+    frames.append(frames[0].flip(-1))
+    served = [result.flow for result in client.sequence(frames)]
+    local = [result.flow for result in session.sequence(frames)]
+    assert len(served) == 2 and all(rel_error(a, b) < 1e-6 for a, b in zip(served, local, strict=True))
+    with pytest.raises(ValueError, match="runs its graph's own iteration count"):
+        client.estimate(frames[0], frames[1], iters=12)
+    with pytest.raises(ValueError, match="was exported with .* iterations, not 99"):
+        session.estimate(frames[0], frames[1], iters=99)
+    with pytest.raises(ValueError, match="warm start needs flow_init"):
+        list(session.sequence(frames, warm_start=True))

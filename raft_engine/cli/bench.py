@@ -13,7 +13,7 @@ from raft_engine.errors import InputError, UsageError
 
 
 def register(commands: Any) -> None:
-    from raft_engine.tools.benchmark import BACKENDS, COMPILED_WARMUP, DTYPES, RESOLUTIONS, SWEEPS
+    from raft_engine.tools.benchmark import COMPILED_WARMUP, DTYPE_NAMES, MEASURED_BACKENDS, RESOLUTIONS, SWEEPS
 
     bench = commands.add_parser(
         "bench",
@@ -25,7 +25,7 @@ def register(commands: Any) -> None:
     options.add_shared(bench, ("device",), {})
     bench.add_argument("--quick", action="store_true", help="a small sweep that finishes in under a minute")
     bench.add_argument("--sweep", choices=tuple(SWEEPS), help="a named sweep (overrides the list options)")
-    bench.add_argument("--backend", nargs="+", choices=BACKENDS, default=None, help="backends to measure")
+    bench.add_argument("--backend", nargs="+", choices=MEASURED_BACKENDS, default=None, help="backends to measure")
     bench.add_argument("--variant", nargs="+", choices=("large", "small"), default=None, help="RAFT variants")
     bench.add_argument(
         "--resolution",
@@ -36,7 +36,7 @@ def register(commands: Any) -> None:
     )
     bench.add_argument("--batch", nargs="+", type=int, default=None, help="batch sizes")
     bench.add_argument("--iters", nargs="+", type=int, default=None, help="iteration counts")
-    bench.add_argument("--dtype", nargs="+", choices=DTYPES, default=None, help="compute precisions")
+    bench.add_argument("--dtype", nargs="+", choices=DTYPE_NAMES, default=None, help="compute precisions")
     bench.add_argument("--corr", nargs="+", choices=("volume", "ondemand"), default=None, help="correlation modes")
     bench.add_argument(
         "--weights",

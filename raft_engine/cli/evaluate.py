@@ -69,8 +69,8 @@ def evaluate_engine(args: argparse.Namespace) -> tuple[Any, str]:
     from raft_engine.runtime.engine import FlowEngine
     from raft_engine.weights import load_model
 
-    given = options.engine_options(args, "device", "dtype", "backend", "corr")
-    return FlowEngine(load_model(options.weights(args)), compile=args.compile, **given), options.weights(args)
+    settings = options.engine_options(args, "device", "dtype", "backend", "corr", compile=args.compile)
+    return FlowEngine(load_model(options.weights(args)), settings), options.weights(args)
 
 
 def _check_args(args: argparse.Namespace) -> None:

@@ -6,8 +6,7 @@ import argparse
 import itertools
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
 
     from raft_engine.io.flow_outputs import SequenceOutputs
     from raft_engine.io.frames import FrameSource
+    from raft_engine.runtime.estimator import FlowEstimator
 
 # Pairs per batch of `flow` on a sequence when --batch-size is not given: FlowEngine.sequence's default
 # on CUDA; 1 on the CPU, where batching pairs was slower (RAFT-large at 436x1024 on 2 cores: 0.46 pairs/s
@@ -154,18 +154,7 @@ def _sequence_outputs(args: argparse.Namespace, video_input: bool) -> SequenceOu
     ).prepare()
 
 
-@dataclass
-class _Estimator:
-    """What `flow` runs each pair through: the engine or an ONNX Runtime session."""
-
-    estimate: Callable  # (image1, image2, flow_init or None) -> FlowResult
-    sequence: Callable  # (iterator of frames) -> iterator of FlowResult, one per consecutive pair
-    iters: int
-    variant: str
-    describe: Callable[[int, int], str]  # (height, width) -> where and how it ran, for the summary line
-
-
-def _onnx_estimator(args: argparse.Namespace) -> _Estimator:
+def _onnx_estimator(args: argparse.Namespace) -> FlowEstimator:
     from raft_engine.export import OrtFlowSession
 
     # --padding is not among them: the session pads the images as the engine does.
@@ -180,51 +169,41 @@ def _onnx_estimator(args: argparse.Namespace) -> _Estimator:
         raise UsageError("--batch-size does not apply with --onnx: the exported graph runs one pair at a time")
     padding = {} if args.padding is None else {"padding": args.padding}
     session = OrtFlowSession(args.onnx, providers=args.providers or "auto", **padding)
-    exported_iters = int(session.metadata["raft_engine.iterations"])
+    exported_iters = session.settings.iters
     if args.iters is not None and args.iters != exported_iters:
         raise UsageError(f"{args.onnx} was exported with {exported_iters} iterations, not --iters {args.iters}")
-
-    def pairwise(frames: Iterator[np.ndarray]) -> Iterator:
-        previous = next(frames)
-        for frame in frames:
-            yield session.estimate(previous, frame)
-            previous = frame
-
-    return _Estimator(
-        estimate=lambda image1, image2, flow_init: session.estimate(image1, image2),
-        sequence=pairwise,
-        iters=exported_iters,
-        variant=session.metadata["raft_engine.variant"],
-        describe=lambda height, width: f"ONNX Runtime {session.providers[0]}",
-    )
+    return session
 
 
-def _engine_estimator(args: argparse.Namespace) -> _Estimator:
+def _engine_estimator(args: argparse.Namespace) -> FlowEstimator:
     from raft_engine.weights import load_model
 
     if args.providers is not None:
         raise UsageError("--providers applies with --onnx only")
-    iters = options.iters(args)
-    model = load_model(options.weights(args), variant=args.variant)
-    engine = options.make_engine(args, model)
-    batch_size = args.batch_size or (DEFAULT_BATCH_SIZE if engine.device.type == "cuda" else 1)
-    return _Estimator(
-        estimate=lambda image1, image2, flow_init: engine.estimate(image1, image2, iters=iters, flow_init=flow_init),
-        sequence=lambda frames: engine.sequence(frames, iters=iters, warm_start=args.warm_start, batch_size=batch_size),
-        iters=iters,
-        variant=model.config.variant,
-        describe=lambda height, width: (
-            f"{engine.device}, {engine.backend}, corr {engine.corr_mode_for(1, height, width)}"
-        ),
-    )
+    return options.make_engine(args, load_model(options.weights(args), variant=args.variant))
 
 
-def _write_pair(frames: list[Path], args: argparse.Namespace, estimator: _Estimator) -> tuple[int, int]:
+def _iterations(args: argparse.Namespace, estimator: FlowEstimator) -> int:
+    """The iterations each pair runs: the graph's own for an exported graph, else --iters or the default."""
+    fixed = estimator.settings.iters
+    return fixed if fixed is not None else options.iters(args)
+
+
+def _batch_size(args: argparse.Namespace, estimator: FlowEstimator) -> int | None:
+    """Pairs per batch of an engine's sequence: --batch-size, else DEFAULT_BATCH_SIZE on CUDA and 1 on the
+    CPU; None for an exported graph (pair by pair)."""
+    if estimator.settings.runs_own_iters:
+        return None
+    return args.batch_size or (DEFAULT_BATCH_SIZE if estimator.settings.device.startswith("cuda") else 1)
+
+
+def _write_pair(frames: list[Path], args: argparse.Namespace, estimator: FlowEstimator) -> tuple[int, int]:
     """Estimate and write the flow of one pair -> the frames' (height, width)."""
     from raft_engine.io import flow_to_color, read_image, write_flo, write_image
 
     image1, image2 = read_image(frames[0]), read_image(frames[1])
-    flow = estimator.estimate(image1, image2, None).flow[0]
+    iters = None if estimator.settings.runs_own_iters else options.iters(args)
+    flow = estimator.estimate(image1, image2, iters=iters).flow[0]
     write_image(Path(args.output or "flow.png"), flow_to_color(flow, args.max_magnitude))
     if args.flo:
         write_flo(args.flo, flow)
@@ -233,7 +212,12 @@ def _write_pair(frames: list[Path], args: argparse.Namespace, estimator: _Estima
 
 
 def _write_sequence(
-    frames: Iterator[np.ndarray], source: FrameSource, outputs: SequenceOutputs, estimator: _Estimator, fps: Fraction
+    frames: Iterator[np.ndarray],
+    source: FrameSource,
+    outputs: SequenceOutputs,
+    estimator: FlowEstimator,
+    args: argparse.Namespace,
+    fps: Fraction,
 ) -> int:
     """Estimate the flow of each consecutive pair and write it where `outputs` say -> pairs written.
     Whatever happens, the video is closed so that its frames play; each flow file is written whole."""
@@ -242,7 +226,11 @@ def _write_sequence(
     total = None if source.count is None else source.count - 1
     # disable=None: tqdm shows the bar on a terminal only.
     with outputs.open(fps), tqdm(total=total, desc="flow", unit="pair", disable=None, file=sys.stderr) as bar:
-        for k, result in enumerate(estimator.sequence(frames)):
+        iters = None if estimator.settings.runs_own_iters else options.iters(args)
+        pairs = estimator.sequence(
+            frames, iters=iters, warm_start=args.warm_start, batch_size=_batch_size(args, estimator)
+        )
+        for k, result in enumerate(pairs):
             outputs.write(source.stem(k), result.flow[0])
             bar.update(1)
     return outputs.written
@@ -275,11 +263,10 @@ def run(args: argparse.Namespace) -> None:
         every = args.every or 1
         fps = Fraction(args.fps) if args.fps else (source.fps / every if source.fps else Fraction(DEFAULT_FPS))
         start = time.perf_counter()
-        pairs = _write_sequence(itertools.chain(head, frames), source, outputs, estimator, fps)
+        pairs = _write_sequence(itertools.chain(head, frames), source, outputs, estimator, args, fps)
         (height, width), where = head[0].shape[:2], outputs.describe()
     elapsed = time.perf_counter() - start
     print(
-        f"wrote {pairs} flow field(s) of {height}x{width} to {where} (RAFT-{estimator.variant}, "
-        f"{estimator.iters} iterations, {estimator.describe(height, width)}, {elapsed:.2f} s, "
-        f"{pairs / elapsed:.2f} pairs/s)"
+        f"wrote {pairs} flow field(s) of {height}x{width} to {where} ({_iterations(args, estimator)} iterations, "
+        f"{estimator.describe(height, width)}, {elapsed:.2f} s, {pairs / elapsed:.2f} pairs/s)"
     )

@@ -13,6 +13,7 @@ from raft_engine.errors import UsageError
 if TYPE_CHECKING:
     from raft_engine.model.raft import RAFT
     from raft_engine.runtime.engine import FlowEngine
+    from raft_engine.runtime.options import EngineOptions
 
 # Iterations when --iters is not given: the default of FlowEngine.estimate and of export_onnx.
 DEFAULT_ITERS = 12
@@ -23,8 +24,7 @@ ENGINE_OPTIONS = ("device", "dtype", "padding", "backend", "corr")
 def shared_options() -> dict[str, dict]:
     """The shared options' argparse settings, by name."""
     from raft_engine.model.config import VARIANTS
-    from raft_engine.runtime.engine import BACKENDS, CORR_MODES
-    from raft_engine.runtime.inputs import DTYPE_NAMES, PADDING_MODES
+    from raft_engine.runtime.options import BACKENDS, CORR_MODES, DTYPE_NAMES, PADDING_MODES
 
     return {
         "weights": dict(
@@ -95,18 +95,21 @@ def check_iters(args: argparse.Namespace) -> None:
         raise UsageError(f"--iters must be >= 1, got {args.iters}")
 
 
-def engine_options(args: argparse.Namespace, *names: str) -> dict[str, Any]:
-    """The engine options the command gave (of `names`, default all of ENGINE_OPTIONS); an option left at
-    None is not passed, so FlowEngine's own default applies and the command line cannot drift from the
-    library."""
-    return {name: getattr(args, name) for name in names or ENGINE_OPTIONS if getattr(args, name, None) is not None}
+def engine_options(args: argparse.Namespace, *names: str, **settings: Any) -> EngineOptions:
+    """The engine options the command gave (of `names`, default all of ENGINE_OPTIONS), and `settings`;
+    an option left at None is not set, so EngineOptions' own default applies and the command line cannot
+    drift from the library."""
+    from raft_engine.runtime.options import EngineOptions
+
+    given = {name: getattr(args, name) for name in names or ENGINE_OPTIONS if getattr(args, name, None) is not None}
+    return EngineOptions(**given, **settings)
 
 
 def make_engine(args: argparse.Namespace, model: RAFT) -> FlowEngine:
     """A FlowEngine with the engine options the command gave."""
     from raft_engine.runtime.engine import FlowEngine
 
-    return FlowEngine(model, **engine_options(args))
+    return FlowEngine(model, engine_options(args))
 
 
 def positive(name: str, value: int | float | None) -> None:

@@ -8,10 +8,9 @@ settings. It follows princeton-vl/RAFT's evaluate.py: validate_sintel (32 iterat
 padding, EPE over all pixels of all pairs), validate_kitti (24 iterations, "kitti" padding, EPE per
 image then over images, Fl-all over all valid pixels) and validate_chairs (24 iterations).
 
-`engine` is a `FlowEngine`, an `OrtFlowSession` (an exported graph: its iteration count and input
-size are fixed) or any object with FlowEngine's `estimate(image1, image2, iters=, flow_init=)`. The
-images are padded here, with the dataset's padding, before the engine sees them, so the engine's own
-`padding` setting does not apply.
+`engine` is a `FlowEstimator`: a `FlowEngine`, an `OrtFlowSession` (an exported graph: its iteration
+count and input size are fixed) or a `TritonFlowClient`. The images are padded here, with the dataset's
+padding, before the engine sees them, so the engine's own `padding` setting does not apply.
 """
 
 from __future__ import annotations
@@ -25,103 +24,68 @@ from typing import Any
 import numpy as np
 import torch
 
-from raft_engine.errors import InputError, InputTypeError
+from raft_engine.errors import InputError
 from raft_engine.evaluation.datasets import Sample, Split, load_splits, read_ground_truth
 from raft_engine.evaluation.metrics import SplitTally
 from raft_engine.io import read_image
-from raft_engine.runtime.engine import FlowEngine
+from raft_engine.runtime.estimator import check_estimator, check_fixed_iters
 from raft_engine.runtime.inputs import Padder, check_padding, positive_int
-
-DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
 
 # ------------------------------------------------------------------------------------------------
 # Running pairs
 
 
-def _is_onnx(engine: object) -> bool:
-    metadata = getattr(engine, "metadata", None)
-    return isinstance(metadata, dict) and "raft_engine.iterations" in metadata
-
-
-def describe(engine: Any) -> dict[str, Any]:
-    """The settings an engine runs with, for the records."""
-    if isinstance(engine, FlowEngine):
-        return {
-            "backend": engine.backend,
-            "dtype": DTYPE_NAMES.get(engine.dtype, str(engine.dtype)),
-            "device": str(engine.device),
-            "variant": engine.config.variant,
-            "corr": engine.corr,
-            "compiled": engine.compiled is not None,
-            "onnx": None,
-        }
-    if _is_onnx(engine):
-        metadata: dict[str, str] = engine.metadata
-        providers = getattr(engine, "providers", None) or ["?"]
-        return {
-            "backend": f"onnxruntime ({providers[0]})",
-            "dtype": metadata.get("raft_engine.dtype"),
-            "device": "cpu" if providers[0] == "CPUExecutionProvider" else "cuda",
-            "variant": metadata.get("raft_engine.variant"),
-            "corr": "volume",
-            "compiled": False,
-            "onnx": str(getattr(engine, "path", "")),
-        }
-    settings = ("backend", "dtype", "device", "variant", "corr", "compiled")
-    return {**{name: getattr(engine, name, None) for name in settings}, "onnx": None}
-
-
 class PairRunner:
-    """Runs pairs through the engine, padded as the protocol says, and checks what a graph fixes."""
+    """Runs pairs through an estimator, padded as the protocol says, and checks what it fixes (an exported
+    graph's iterations, input size and batch, and whether it takes flow_init)."""
 
-    def __init__(self, engine: Any) -> None:
-        if not hasattr(engine, "estimate"):
-            raise InputTypeError(f"engine must be a FlowEngine or an OrtFlowSession, got {type(engine).__name__}")
-        self.engine: Any = engine
-        self.onnx = _is_onnx(engine)
-        self.device = torch.device("cpu") if self.onnx else torch.device(getattr(engine, "device", "cpu"))
-        if self.onnx and getattr(engine, "batch", 1) not in (1, None):
-            raise InputError(f"{engine.path} was exported for batch {engine.batch}; evaluation runs one pair at a time")
+    def __init__(self, engine: object) -> None:
+        self.engine = check_estimator(engine)
+        self.settings = self.engine.settings
+        self.name = self.settings.source or self.engine.describe()
+        # An engine takes the images on its device; sessions and servers take host memory.
+        self.device = torch.device(self.settings.device if self.settings.source is None else "cpu")
+        if self.settings.batch not in (1, None):
+            raise InputError(
+                f"{self.name} was exported for batch {self.settings.batch}; evaluation runs one pair at a time"
+            )
         self._warned = False
 
-    def iterations(self, iters: int | None, protocol_iters: int) -> int:
-        """The iterations a split runs with: given, or the protocol's; a graph's own, which must match."""
-        if not self.onnx:
+    def iterations(self, iters: int | None, protocol_iters: int) -> int | None:
+        """The iterations a split runs with: given, or the protocol's; a graph's own, which must match (None:
+        a served graph's count, which its server does not report)."""
+        if not self.settings.runs_own_iters:
             return protocol_iters if iters is None else iters
-        exported = int(self.engine.metadata["raft_engine.iterations"])
-        if iters is not None and iters != exported:
-            raise InputError(f"{self.engine.path} was exported with {exported} iterations, not {iters}")
-        if iters is None and exported != protocol_iters and not self._warned:
+        fixed = check_fixed_iters(self.settings, iters, self.name)
+        if fixed is None:
+            return None
+        if iters is None and fixed != protocol_iters and not self._warned:
             self._warned = True
             warnings.warn(
-                f"{self.engine.path} runs {exported} iterations; the published protocol uses {protocol_iters}",
-                stacklevel=3,
+                f"{self.name} runs {fixed} iterations; the published protocol uses {protocol_iters}", stacklevel=3
             )
-        return exported
+        return fixed
 
     def run(
-        self, sample: Sample, pair: tuple[np.ndarray, np.ndarray], iters: int, padding: str, flow_init=None
+        self, sample: Sample, pair: tuple[np.ndarray, np.ndarray], iters: int | None, padding: str, flow_init=None
     ) -> tuple[np.ndarray, torch.Tensor | None]:
         """-> (flow (H, W, 2) float32 at the input size, flow_low on the padded 1/8 grid)."""
         height, width = pair[0].shape[:2]
         padder = Padder(height, width, padding)
         images = [padder.pad(torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None].float()) for image in pair]
         try:
-            if self.onnx:
-                (padded_h, padded_w), expected = padder.padded_size, (self.engine.height, self.engine.width)
-                if (padded_h, padded_w) != expected:
-                    raise InputError(
-                        f"a pair of {height}x{width} ({padding} padding: {padded_h}x{padded_w}), but "
-                        f"{self.engine.path} was exported for {expected[0]}x{expected[1]}; export a graph of "
-                        f"{padded_h}x{padded_w} for these pairs"
-                    )
-                if flow_init is not None:
-                    raise InputError("an exported graph has no flow_init input: warm start is not available")
-                result = self.engine.estimate(*images)
-            else:
-                result = self.engine.estimate(*images, iters=iters, flow_init=flow_init)
-        except ValueError as error:
+            size = self.settings.size
+            if size is not None and padder.padded_size != size:
+                padded_h, padded_w = padder.padded_size
+                raise InputError(
+                    f"a pair of {height}x{width} ({padding} padding: {padded_h}x{padded_w}), but "
+                    f"{self.name} was exported for {size[0]}x{size[1]}; export a graph of "
+                    f"{padded_h}x{padded_w} for these pairs"
+                )
+            if flow_init is not None and not self.settings.takes_flow_init:
+                raise InputError(f"{self.name} has no flow_init input: warm start is not available")
+            result = self.engine.estimate(images[0], images[1], iters=iters, flow_init=flow_init)
+        except InputError as error:
             raise InputError(f"{sample.image1}: {error}") from error
         flow = padder.unpad(result.flow)[0].permute(1, 2, 0).float().cpu().numpy()
         return flow, result.flow_low
@@ -188,7 +152,7 @@ def evaluate(
     records = []
     for split_data in load_splits(dataset, root, split):
         records.append(_evaluate_split(runner, split_data, iters, padding, limit, progress))
-        records[-1].update(weights=weights, root=str(root), **describe(engine))
+        records[-1].update(weights=weights, root=str(root), **runner.settings.record())
     return records
 
 

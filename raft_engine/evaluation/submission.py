@@ -41,7 +41,7 @@ def write_submission(
     written = []
     for split in load_test_splits(dataset, root):
         sintel = split.dataset == "sintel"
-        if sintel and warm_start and runner.onnx:
+        if sintel and warm_start and not runner.settings.takes_flow_init:
             raise InputError(
                 "the Sintel submission's warm start needs flow_init, which an exported graph does not take: "
                 "use a checkpoint, or no warm start (--no-warm-start)"

@@ -7,117 +7,42 @@ import copy
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from raft_engine.model.correlation import (
-    DenseCorrelation,
-    OnDemandCorrelation,
-    corr_lookup_ref,
-    corr_ondemand_ref,
     dense_pyramid_bytes,
 )
 from raft_engine.model.raft import RAFT, FlowResult, RAFTOutput, coords_grid, normalize_images
 from raft_engine.runtime.compiled import CompiledForward
+from raft_engine.runtime.estimator import EstimatorSettings
 from raft_engine.runtime.inputs import (
     ArrayLike,
-    DeviceLike,
-    DTypeLike,
     ImageLike,
     Padder,
     check_iters,
-    check_padding,
     check_pair,
-    interpreting,
     parse_device,
-    parse_dtype,
     positive_int,
     to_image_batch,
 )
+from raft_engine.runtime.options import BACKENDS, CORR_MODES, DEFAULT_CORR_BUDGET, TORCH_DTYPES, EngineOptions
+from raft_engine.runtime.parts import build_parts, resolve_backend
 
 if TYPE_CHECKING:
     from raft_engine.runtime.trace import FlowTrace
 
-from raft_engine.errors import InputError, InputTypeError, MissingDependency
-from raft_engine.model.upsampling import BilinearUpsampler, ConvexUpsampler, Upsampler, convex_upsample_ref
+from raft_engine.errors import InputError, InputTypeError
 from raft_engine.model.warm_start import forward_interpolate
 
-__all__ = ["BACKENDS", "CORR_MODES", "FlowEngine", "FlowResult", "build_parts", "resolve_backend"]
+__all__ = ["BACKENDS", "CORR_MODES", "DEFAULT_CORR_BUDGET", "EngineOptions", "FlowEngine", "FlowResult"]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "triton")
-CORR_MODES = ("auto", "volume", "ondemand")
-DEFAULT_CORR_BUDGET = 2 * 2**30  # bytes: 1080p (5.7 GB of dense pyramid) goes on-demand, 720p (1.1 GB) dense
-
-
-def triton_available() -> bool:
-    """Whether the triton package imports here (it installs on Linux only)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """ "auto": Triton kernels on CUDA (the PyTorch reference, logged, where triton is missing), the
-    PyTorch reference on the CPU."""
-    if backend not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    if backend == "auto":
-        if device.type != "cuda":
-            return "torch"
-        if triton_available():
-            return "triton"
-        log.warning("backend='auto' on CUDA: the triton package is not installed, so the PyTorch reference runs")
-        return "torch"
-    if backend == "triton" and device.type == "cpu" and not interpreting():
-        raise InputError(
-            "backend='triton' on the CPU runs Triton's interpreter: set TRITON_INTERPRET=1 before triton is "
-            "imported, or use backend='torch'"
-        )
-    return backend
-
-
-def triton_kernels() -> ModuleType:
-    """raft_engine.kernels, or one clear error when the triton package is missing."""
-    try:
-        import raft_engine.kernels as kernels
-    except ModuleNotFoundError as error:
-        if error.name is None or error.name.split(".")[0] != "triton":
-            raise
-        raise MissingDependency(
-            "backend='triton' needs the triton package, which is not installed: pip install triton "
-            "(Linux), or use backend='torch'"
-        ) from error
-    return kernels
-
-
-def build_parts(model: RAFT, backend: str, corr_dtype: torch.dtype) -> dict[str, RAFT]:
-    """Models sharing `model`'s weights, with the dense ("volume") and with the on-demand ("ondemand")
-    correlation, both on `backend` ("torch" or "triton")."""
-    config = model.config
-    levels, radius = config.corr_levels, config.corr_radius
-    upsampler: Upsampler = BilinearUpsampler()
-    if backend == "triton":
-        kernels = triton_kernels()
-        dense = DenseCorrelation(levels, radius, corr_dtype, kernels.corr_lookup.corr_lookup)
-        ondemand = OnDemandCorrelation(levels, radius, corr_dtype, kernels.corr_ondemand.corr_ondemand)
-        if config.convex_upsampling:
-            upsampler = ConvexUpsampler(kernels.convex_upsample.convex_upsample)
-    else:
-        dense = DenseCorrelation(levels, radius, corr_dtype, corr_lookup_ref)
-        ondemand = OnDemandCorrelation(levels, radius, corr_dtype, corr_ondemand_ref)
-        if config.convex_upsampling:
-            upsampler = ConvexUpsampler(convex_upsample_ref)
-    return {
-        "volume": RAFT(config, **model.parts(), correlation=dense, upsampler=upsampler),
-        "ondemand": RAFT(config, **model.parts(), correlation=ondemand, upsampler=upsampler),
-    }
+DEFAULT_ITERS = 12  # RAFT's published count for inference at Sintel's and KITTI's sizes
+DEFAULT_SEQUENCE_BATCH = 4  # consecutive pairs `sequence` runs as one batch
 
 
 class FromFeatures(RAFT):
@@ -156,75 +81,71 @@ class FlowEngine:
     """Optical flow with a RAFT model.
 
     model: a `RAFT` (e.g. from `load_model`); the engine works on its own copy.
-    device: where to run; None means CUDA when available, else the CPU.
-    dtype: "fp32" (default), "fp16" or "bf16". The half-precision modes run the encoders and the
-        update block in that dtype; the correlation and the coordinates stay float32, like the
-        published mixed-precision mode.
-    padding: "sintel" (replicate, split evenly) or "kitti" (all of the height at the bottom).
-    backend: "triton" (fused kernels), "torch" (the PyTorch reference), or "auto": Triton on CUDA,
-        torch on the CPU. Triton on the CPU needs TRITON_INTERPRET=1 (Triton's interpreter; slow).
-    corr: "volume" (the published all-pairs pyramid), "ondemand" (the same numbers, computed at
-        lookup time in O(HW) memory), or "auto": on-demand when the dense pyramid would exceed
-        `corr_budget` bytes, which is logged (logger "raft_engine.runtime.engine") and told by `corr_mode_for`.
-    corr_dtype: storage of the pyramid (dense) or of the features (on-demand): "fp32" (default),
-        "fp16" or "bf16"; lookups accumulate in float32 either way.
-    compile: the whole forward under torch.compile(fullgraph=True), one graph per input shape
-        (see `raft_engine.runtime.compiled`); `warmup` builds one ahead of time.
-    cuda_graphs: replay the compiled forward as CUDA graphs (mode "reduce-overhead"); default: on
-        when compiling on CUDA. Results are copied out, never overwritten by the next call.
-    max_compiled_shapes: how many shapes get a compiled graph; further ones run eagerly, with a warning.
-    channels_last: run the convolutions on channels-last tensors.
+    options: `EngineOptions` (device, dtype, padding, backend, corr, corr_dtype, corr_budget, compile,
+        cuda_graphs, max_compiled_shapes, channels_last; see there); keyword arguments of those names set
+        or override single settings: `FlowEngine(model, dtype="bf16")`, `FlowEngine(model, options,
+        compile=True)`. corr="auto" logs its choice (logger "raft_engine.runtime.engine") and
+        `corr_mode_for` tells it. The compiled forward is `raft_engine.runtime.compiled`'s; `warmup`
+        builds a shape's graph ahead of time. CUDA graphs' results are copied out, never overwritten by
+        the next call.
+
+    Attributes: options; device (torch.device); dtype and corr_dtype (torch dtypes); padding; backend
+    (resolved: "torch" or "triton"); corr; corr_budget; config (the model's RAFTConfig).
     """
 
-    def __init__(
-        self,
-        model: RAFT,
-        device: DeviceLike = None,
-        dtype: DTypeLike = None,
-        padding: str = "sintel",
-        backend: str = "auto",
-        corr: str = "auto",
-        corr_dtype: DTypeLike = None,
-        corr_budget: float = DEFAULT_CORR_BUDGET,
-        compile: bool = False,
-        cuda_graphs: bool | None = None,
-        max_compiled_shapes: int = 8,
-        channels_last: bool = False,
-    ) -> None:
+    def __init__(self, model: RAFT, options: EngineOptions | None = None, **changes: Any) -> None:
         if not isinstance(model, RAFT):
             raise InputTypeError(f"model must be a raft_engine.RAFT (see load_model), got {type(model).__name__}")
-        check_padding(padding)
-        if corr not in CORR_MODES:
-            raise InputError(f"unknown corr {corr!r}; expected one of {CORR_MODES}")
-        if isinstance(corr_budget, bool) or not isinstance(corr_budget, (int, float)) or not corr_budget > 0:
-            raise InputError(f"corr_budget must be a positive number of bytes, got {corr_budget!r}")
-        self.device = parse_device(device)
-        self.dtype = parse_dtype(dtype)
-        self.corr_dtype = parse_dtype(corr_dtype)
-        self.padding = padding
-        self.backend = resolve_backend(backend, self.device)
-        self.corr = corr
-        self.corr_budget = corr_budget
+        if options is not None and not isinstance(options, EngineOptions):
+            raise InputTypeError(
+                f"options must be an EngineOptions, got {type(options).__name__}: give single settings by name, "
+                "e.g. FlowEngine(model, device='cpu')"
+            )
+        options = (options or EngineOptions()).replace(**changes)
+        self.options = options
+        self.device = parse_device(options.device)
+        self.dtype = TORCH_DTYPES[options.dtype]
+        self.corr_dtype = TORCH_DTYPES[options.corr_dtype]
+        self.padding = options.padding
+        self.backend = resolve_backend(options.backend, self.device)
+        self.corr = options.corr
+        self.corr_budget = options.corr_budget
+        cuda_graphs = options.cuda_graphs
         if cuda_graphs is None:
-            cuda_graphs = compile and self.device.type == "cuda"
-        if cuda_graphs and not compile:
-            raise InputError("cuda_graphs=True needs compile=True: the graphs are recorded from the compiled forward")
+            cuda_graphs = options.compile and self.device.type == "cuda"
         if cuda_graphs and self.device.type != "cuda":
             raise InputError(f"cuda_graphs=True needs a CUDA device, got {self.device}")
         self.model = copy.deepcopy(model).eval().to(self.device).to_compute_dtype(self.dtype)
-        self.channels_last = channels_last
-        if channels_last:
+        self.channels_last = options.channels_last
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.config = model.config
         self._models = build_parts(self.model, self.backend, self.corr_dtype)
         self._reported: set[tuple[int, int, int]] = set()
-        self.compiled = CompiledForward(self._models, cuda_graphs, max_compiled_shapes) if compile else None
+        shapes = options.max_compiled_shapes
+        self.compiled = CompiledForward(self._models, cuda_graphs, shapes) if options.compile else None
         # `sequence`'s forward from feature maps, per correlation mode, sharing the weights above; compiled
         # like the pair forward (graphs of its own, up to max_compiled_shapes more).
         self._from_features: dict[str, RAFT] = {name: FromFeatures.of(part) for name, part in self._models.items()}
-        self.compiled_sequence = (
-            CompiledForward(self._from_features, cuda_graphs, max_compiled_shapes) if compile else None
+        self.compiled_sequence = CompiledForward(self._from_features, cuda_graphs, shapes) if options.compile else None
+
+    @property
+    def settings(self) -> EstimatorSettings:
+        return EstimatorSettings(
+            variant=self.config.variant,
+            backend=self.backend,
+            dtype=self.options.dtype,
+            device=str(self.device),
+            corr=self.corr,
+            compiled=self.compiled is not None,
         )
+
+    def describe(self, height: int | None = None, width: int | None = None) -> str:
+        """One line: the model, device, backend, dtype and correlation; for a size, the correlation mode it
+        uses there."""
+        corr = self.corr if height is None or width is None else self.corr_mode_for(1, height, width)
+        compiled = ", compiled" if self.compiled is not None else ""
+        return f"RAFT-{self.config.variant}, {self.device}, {self.backend}, {self.options.dtype}, corr {corr}{compiled}"
 
     def __repr__(self) -> str:
         return (
@@ -308,10 +229,11 @@ class FlowEngine:
 
     @torch.inference_mode()
     def estimate(
-        self, image1: ImageLike, image2: ImageLike, iters: int = 12, flow_init: ArrayLike | None = None
+        self, image1: ImageLike, image2: ImageLike, iters: int | None = 12, flow_init: ArrayLike | None = None
     ) -> FlowResult:
-        """Flow from image1 to image2 (both (H, W, 3)/(3, H, W) or batched; see `to_image_batch`)."""
-        iters = check_iters(iters)
+        """Flow from image1 to image2 (both (H, W, 3)/(3, H, W) or batched; see `to_image_batch`); iters
+        None: 12."""
+        iters = check_iters(DEFAULT_ITERS if iters is None else iters)
         padded1, padded2, padder = self.prepare(image1, image2)
         checked_init = None
         if flow_init is not None:
@@ -350,14 +272,18 @@ class FlowEngine:
         return trace_model(model, padded1, padded2, padder, iters, pixels, checked_init)
 
     def sequence(
-        self, frames: Iterable[ImageLike], iters: int = 12, warm_start: bool = False, batch_size: int = 4
+        self,
+        frames: Iterable[ImageLike],
+        iters: int | None = 12,
+        warm_start: bool = False,
+        batch_size: int | None = DEFAULT_SEQUENCE_BATCH,
     ) -> Iterator[FlowResult]:
         """The flow of each consecutive pair of `frames` (0 -> 1, 1 -> 2, ...), in order, as it is computed.
 
         frames: any iterable of images, one image each, in the forms `estimate` takes (numpy, PIL,
             torch; the frames of `raft_engine.io.read_video`; a (T, H, W, C) array or (T, C, H, W)
             tensor), all of the size of the first. Read as they are needed: at most batch_size + 1
-            frames and their feature maps are held at once.
+            frames and their feature maps are held at once. iters None: 12; batch_size None: 4.
         Each frame goes through the feature encoder once, its features serving as the second image of
         one pair and the first of the next; each yielded `FlowResult` holds one pair (batch 1).
         warm_start=False: the pairs are independent, and `batch_size` consecutive pairs run as one
@@ -371,8 +297,8 @@ class FlowEngine:
         an error of the iterable itself propagates, each after the flows of every pair before it have
         been yielded; fewer than 2 frames raise a ValueError.
         """
-        iters = check_iters(iters)
-        batch_size = positive_int("batch_size", batch_size)
+        iters = check_iters(DEFAULT_ITERS if iters is None else iters)
+        batch_size = positive_int("batch_size", DEFAULT_SEQUENCE_BATCH if batch_size is None else batch_size)
         if not isinstance(warm_start, bool):
             raise InputTypeError(f"warm_start must be True or False, got {warm_start!r}")
         if isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim != 4:

@@ -1,9 +1,8 @@
 """Checking what users pass in: images (conversion, validation, padding to a multiple of 8), devices,
-dtypes and counts. A leaf module: it imports nothing of the package, so every part may use it."""
+dtypes and counts. It imports only the errors and the lists of choices, so every part may use it."""
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
@@ -13,11 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from raft_engine.errors import InputError, InputTypeError
+from raft_engine.runtime.options import PADDING_MODES, TORCH_DTYPES, dtype_name
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
-
-PADDING_MODES = ("sintel", "kitti")
 
 ImageLike: TypeAlias = "np.ndarray | torch.Tensor | PILImage"
 """An image or a batch of images: numpy (H, W), (H, W, C), (B, H, W, C); PIL (RGB, L, P); torch
@@ -25,29 +23,13 @@ ImageLike: TypeAlias = "np.ndarray | torch.Tensor | PILImage"
 DeviceLike: TypeAlias = "str | torch.device | None"
 """A torch device or its name ("cpu", "cuda", "cuda:1"); None: CUDA when available, else the CPU."""
 DTypeLike: TypeAlias = "str | torch.dtype | None"
-"""A compute dtype: a name of `DTYPES` or the torch dtype; None: float32."""
+"""A compute dtype: a name of `raft_engine.runtime.options.TORCH_DTYPES` or the torch dtype; None: float32."""
 ArrayLike: TypeAlias = "np.ndarray | torch.Tensor"
-
-DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-}
-DTYPE_NAMES = ("fp32", "fp16", "bf16")
 
 
 def parse_dtype(dtype: DTypeLike) -> torch.dtype:
     """None, a name (fp32/fp16/bf16, float32/float16/bfloat16) or a torch dtype -> torch dtype."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in DTYPES:
-        return DTYPES[dtype.lower()]
-    raise InputError(f"unsupported dtype {dtype!r}; expected one of fp32, fp16, bf16 (or the torch dtypes)")
+    return TORCH_DTYPES[dtype_name(dtype)]
 
 
 def parse_device(device: DeviceLike) -> torch.device:
@@ -77,11 +59,6 @@ def positive_int(name: str, value: object) -> int:
 
 def check_iters(iters: object) -> int:
     return positive_int("iters", iters)
-
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1 when it is imported)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _pil_to_numpy(image: PILImage, name: str) -> np.ndarray:

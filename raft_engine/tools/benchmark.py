@@ -36,13 +36,16 @@ import numpy as np
 import torch
 
 from raft_engine.errors import InputError, MissingDependency, NotAvailable, UsageError
+from raft_engine.runtime.options import DTYPE_NAMES
 
 if TYPE_CHECKING:
     from raft_engine.model.raft import RAFT
 
 RESOLUTIONS = {"sintel": (440, 1024), "kitti": (376, 1248), "1080p": (1088, 1920), "4k": (2160, 3840)}
-BACKENDS = ("torch", "triton", "compiled", "compiled+graphs", "ort-cpu", "ort-cuda", "ort-tensorrt", "torchvision")
-DTYPES = ("fp32", "bf16", "fp16")
+# What a benchmark configuration runs: the engine's backends, compiled or not, ONNX Runtime's providers and the peer.
+MEASURED_BACKENDS = (
+    "torch", "triton", "compiled", "compiled+graphs", "ort-cpu", "ort-cuda", "ort-tensorrt", "torchvision",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,8 @@ SWEEPS = {
         resolutions=("sintel", "1080p"),
         batches=(1, 8, 32),
         iters=(12, 32),
-        dtypes=DTYPES,
-        backends=BACKENDS,
+        dtypes=DTYPE_NAMES,
+        backends=MEASURED_BACKENDS,
     ),
     # ptlflow's published setting: 500x1000 (padded to 504x1000), 32 iterations, batch 1.
     "ptlflow": Sweep(
@@ -106,7 +109,7 @@ SWEEPS = {
         batches=(1,),
         iters=(32,),
         dtypes=("fp32", "fp16"),
-        backends=BACKENDS,
+        backends=MEASURED_BACKENDS,
     ),
 }
 
@@ -237,8 +240,8 @@ def count_flops(config: BenchConfig) -> float:
 
     from raft_engine.model.config import RAFTConfig
     from raft_engine.model.raft import RAFT
-    from raft_engine.runtime.engine import build_parts
     from raft_engine.runtime.inputs import Padder
+    from raft_engine.runtime.parts import build_parts
 
     with torch.device("meta"):
         model = RAFT(RAFTConfig.from_variant(config.variant)).eval()

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from raft_engine.errors import NotAvailable
+from raft_engine.interpreter import interpreting
 from raft_engine.io.files import make_folder, write_atomically
-from raft_engine.runtime.inputs import interpreting
 
 # Relative L2 error of the flow against the float32 PyTorch reference that a check may reach. float32:
 # measured 1e-7..1.3e-6 on the CPU (Triton through its interpreter, ONNX Runtime); GPU kernels sum
