@@ -159,7 +159,9 @@ def test_warm_start_is_the_iteration_from_coords0_plus_flow_init(official_small,
         coords0 = coords_grid(1, 16, 20, fmap1.device)
         coords1 = coords0 + flow_init
         for _ in range(2):
-            net, coords1 = model.step(corr_state, net, inp, coords0, coords1)
+            corr = model.correlation.lookup(corr_state, coords1)
+            net, delta_flow = model.update_block(net, inp, corr, coords1 - coords0)
+            coords1 = coords1 + delta_flow
         flow_low = coords1 - coords0
         flow = model.upsample(flow_low, net)
     # The same operations on the same numbers: measured bit-identical.

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import raft_engine.training.loop as training
+from raft_engine import RAFT, RAFTConfig
 from raft_engine.cli import main as cli_main
-from raft_engine.training.loop import TrainConfig, sequence_loss, train
+from raft_engine.training.loop import TrainConfig, sequence_loss, train, training_predictions
 
 
 def main(argv: list[str]) -> int:
@@ -271,3 +272,17 @@ def test_a_packaged_large_model_loads_as_builtin_large(tmp_path, monkeypatch, sm
         torch.testing.assert_close(packaged.state_dict()[key], expected, rtol=0, atol=0, msg=key)
     with pytest.raises(FileNotFoundError, match="built-in weights are missing"):
         load_model("builtin")  # this data folder holds the large model only
+
+
+@pytest.mark.parametrize("variant", ["small", "large"])
+def test_the_training_loop_ends_where_the_model_does(variant):
+    """Training observes the model's own loop and upsamples every iteration; its last prediction is the
+    model's flow."""
+    torch.manual_seed(3)
+    model = RAFT(RAFTConfig.from_variant(variant)).eval()
+    image1, image2 = torch.rand(2, 1, 3, 128, 128) * 255
+    with torch.no_grad():
+        expected = model(image1, image2, iters=3).flow
+        predictions = training_predictions(model, image1, image2, 3)
+    assert len(predictions) == 3
+    torch.testing.assert_close(predictions[-1], expected, rtol=0, atol=0)

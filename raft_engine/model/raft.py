@@ -9,6 +9,8 @@ RAFT-small). It reproduces the published network exactly; see
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,7 @@ __all__ = [
     "BilinearUpsampler",
     "ConvexUpsampler",
     "FlowResult",
+    "Iteration",
     "RAFTOutput",
     "Upsampler",
     "coords_grid",
@@ -41,6 +44,23 @@ class RAFTOutput:
 
     flow: torch.Tensor
     flow_low: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """One refinement of `RAFT.refine`, as an observer sees it (tensors of the computation, not copies).
+
+    index: 0 for the first. corr: (B, levels * (2r + 1)^2, H/8, W/8) float32, the correlation looked up
+    around the previous coordinates. motion: the motion features made of it and the flow so far. net: the
+    hidden state after the update. delta_flow: (B, 2, H/8, W/8) float32, the update. coords1: the
+    coordinates after it (coords1 - coords0 is the flow on the 1/8 grid, in cells)."""
+
+    index: int
+    corr: torch.Tensor
+    motion: torch.Tensor
+    net: torch.Tensor
+    delta_flow: torch.Tensor
+    coords1: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -145,43 +165,95 @@ class RAFT(nn.Module):
         net, inp = self.context(image1)
         return fmap1, fmap2, net, inp
 
-    def prepare(
-        self, image1: torch.Tensor, image2: torch.Tensor, flow_init: torch.Tensor | None = None
-    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Everything before the iterations -> (corr_state, net, inp, coords0, coords1).
-
-        image1, image2: (B, 3, H, W) float in 0..255, H and W multiples of 8.
-        flow_init: optional (B, 2, H/8, W/8) float32 initial flow on the 1/8 grid.
-        """
-        fmap1, fmap2, net, inp = self.encode(image1, image2)
-        corr_state = self.correlation.build(fmap1, fmap2)
+    def initial_coords(
+        self, fmap1: torch.Tensor, flow_init: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (coords0, coords1): the 1/8 grid's cell coordinates, and where the iterations start (coords0,
+        or coords0 + flow_init), (B, 2, H/8, W/8) float32, x first."""
         batch, _, height, width = fmap1.shape
         coords0 = coords_grid(batch, height, width, fmap1.device)
-        coords1 = coords0 if flow_init is None else coords0 + flow_init.float()
-        return corr_state, net, inp, coords0, coords1
+        return coords0, coords0 if flow_init is None else coords0 + flow_init.float()
 
-    def step(
-        self, corr_state: Any, net: torch.Tensor, inp: torch.Tensor, coords0: torch.Tensor, coords1: torch.Tensor
+    def refine(
+        self,
+        corr_state: Any,
+        net: torch.Tensor,
+        inp: torch.Tensor,
+        coords0: torch.Tensor,
+        coords1: torch.Tensor,
+        iters: int,
+        observe: Callable[[Iteration], None] | None = None,
+        autocast: contextlib.AbstractContextManager | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One refinement: look up the correlation around coords1, update -> (net, coords1)."""
-        corr = self.correlation.lookup(corr_state, coords1)
-        net, delta_flow = self.update_block(net, inp, corr, coords1 - coords0)
-        return net, coords1 + delta_flow
+        """RAFT's iterations, the one loop that inference, sequences, training and the trace all run: look up
+        the correlation around coords1, update the hidden state and move coords1, `iters` times ->
+        (net, coords1).
+
+        observe: called after each iteration with an `Iteration` (what was looked up, the motion features,
+            the update): training collects its per-iteration predictions from it, the trace RAFT's internals.
+        autocast: a context (torch.autocast) around the update block, for training's mixed precision; the
+            correlation and the coordinates stay float32.
+        """
+        for index in range(iters):
+            if coords1.requires_grad:
+                coords1 = coords1.detach()  # as published: no gradient through the coordinates across iterations
+            corr = self.correlation.lookup(corr_state, coords1)
+            with autocast if autocast is not None else contextlib.nullcontext():
+                motion = self.update_block.motion_features(corr, coords1 - coords0)
+                net, delta_flow = self.update_block.refine(net, inp, motion)
+            coords1 = coords1 + delta_flow
+            if observe is not None:
+                observe(Iteration(index, corr, motion, net, delta_flow, coords1))
+        return net, coords1
 
     def upsample(self, flow_low: torch.Tensor, net: torch.Tensor) -> torch.Tensor:
         """(B, 2, H/8, W/8) flow in cells -> (B, 2, H, W) flow in pixels, guided by the hidden state."""
         return self.upsampler(flow_low, self.update_block.up_mask(net))
+
+    def forward_features(
+        self,
+        image1: torch.Tensor,
+        fmap1: torch.Tensor,
+        fmap2: torch.Tensor,
+        iters: int = 12,
+        flow_init: torch.Tensor | None = None,
+        observe: Callable[[Iteration], None] | None = None,
+        autocast: contextlib.AbstractContextManager | None = None,
+    ) -> RAFTOutput:
+        """RAFT from the feature maps on: the context of image1, the correlation of fmap1 with fmap2, the
+        iterations (`refine`) and the upsampling. What `forward` runs after the feature encoder, and what a
+        sequence runs for pairs whose frames were encoded once.
+
+        image1: (B, 3, H, W) float in 0..255, padded, for the context encoder. fmap1, fmap2: (B, D, H/8,
+        W/8) float32, contiguous. flow_init: optional (B, 2, H/8, W/8) float32 initial flow on the 1/8
+        grid. observe, autocast: see `refine` (the context encoder and the upsampling mask run under
+        autocast too).
+        """
+        with autocast if autocast is not None else contextlib.nullcontext():
+            net, inp = self.context(normalize_images(image1))
+        corr_state = self.correlation.build(fmap1, fmap2)
+        coords0, coords1 = self.initial_coords(fmap1, flow_init)
+        net, coords1 = self.refine(corr_state, net, inp, coords0, coords1, iters, observe, autocast)
+        flow_low = coords1 - coords0
+        with autocast if autocast is not None else contextlib.nullcontext():
+            up_mask = self.update_block.up_mask(net)
+        return RAFTOutput(flow=self.upsampler(flow_low, up_mask), flow_low=flow_low)
+
+    def forward_sequence(
+        self, image1: torch.Tensor, fmaps: torch.Tensor, iters: int = 12, flow_init: torch.Tensor | None = None
+    ) -> RAFTOutput:
+        """The B consecutive pairs of B + 1 frames encoded once: image1 (B, 3, H, W) float in 0..255, the
+        first frame of each pair; fmaps (B + 1, D, H/8, W/8) float32, the frames' feature maps (pair k is
+        fmaps[k] -> fmaps[k + 1]; batch slices of a contiguous tensor are contiguous)."""
+        return self.forward_features(image1, fmaps[:-1], fmaps[1:], iters, flow_init)
 
     def forward(
         self, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12, flow_init: torch.Tensor | None = None
     ) -> RAFTOutput:
         """image1, image2: (B, 3, H, W) float in 0..255, H and W multiples of 8.
         flow_init: optional (B, 2, H/8, W/8) float32 initial flow on the 1/8 grid."""
-        corr_state, net, inp, coords0, coords1 = self.prepare(image1, image2, flow_init)
-        for _ in range(iters):
-            net, coords1 = self.step(corr_state, net, inp, coords0, coords1)
-        flow_low = coords1 - coords0
-        return RAFTOutput(flow=self.upsample(flow_low, net), flow_low=flow_low)
+        fmap1, fmap2 = self.features(normalize_images(image1), normalize_images(image2))
+        return self.forward_features(image1, fmap1, fmap2, iters, flow_init)
 
     def to_compute_dtype(self, dtype: torch.dtype) -> RAFT:
         """Cast the encoders and the update block (in place); correlation and coordinates stay float32."""

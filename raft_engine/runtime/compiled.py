@@ -15,11 +15,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import torch
 
 from raft_engine.errors import InputError
-from raft_engine.model.raft import RAFT, RAFTOutput
+from raft_engine.model.raft import RAFTOutput
 
 log = logging.getLogger("raft_engine.runtime.engine")
 
@@ -34,15 +35,19 @@ def _recompile_limit(limit: int) -> contextlib.AbstractContextManager:
 
 
 class CompiledForward:
-    def __init__(self, models: dict[str, RAFT], cuda_graphs: bool, max_shapes: int) -> None:
+    """The compiled forwards of one engine, per correlation mode. forwards: {mode: a RAFT (its forward) or
+    one of its methods taking (image1, image2 or feature maps, iters=, flow_init=), such as
+    `RAFT.forward_sequence`}; each is compiled as it is called with a new shape."""
+
+    def __init__(self, forwards: dict[str, Callable[..., RAFTOutput]], cuda_graphs: bool, max_shapes: int) -> None:
         if max_shapes < 1:
             raise InputError(f"max_compiled_shapes must be >= 1, got {max_shapes}")
-        self.models = models
+        self.forwards = forwards
         self.cuda_graphs = cuda_graphs
         self.max_shapes = max_shapes
         mode = "reduce-overhead" if cuda_graphs else "default"
         self.compiled = {
-            name: torch.compile(model, fullgraph=True, dynamic=False, mode=mode) for name, model in models.items()
+            name: torch.compile(forward, fullgraph=True, dynamic=False, mode=mode) for name, forward in forwards.items()
         }
         self.shapes: list[tuple] = []
         self.compile_seconds: dict[tuple, float] = {}
@@ -63,7 +68,7 @@ class CompiledForward:
                     len(self.shapes),
                     _describe(key),
                 )
-            return self.models[corr_mode](image1, image2, iters=iters, flow_init=flow_init)
+            return self.forwards[corr_mode](image1, image2, iters=iters, flow_init=flow_init)
         if new:
             self.shapes.append(key)
             log.info(

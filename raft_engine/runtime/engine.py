@@ -15,7 +15,7 @@ import torch
 from raft_engine.model.correlation import (
     dense_pyramid_bytes,
 )
-from raft_engine.model.raft import RAFT, FlowResult, RAFTOutput, coords_grid, normalize_images
+from raft_engine.model.raft import RAFT, FlowResult, RAFTOutput, normalize_images
 from raft_engine.runtime.compiled import CompiledForward
 from raft_engine.runtime.estimator import EstimatorSettings
 from raft_engine.runtime.inputs import (
@@ -43,38 +43,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ITERS = 12  # RAFT's published count for inference at Sintel's and KITTI's sizes
 DEFAULT_SEQUENCE_BATCH = 4  # consecutive pairs `sequence` runs as one batch
-
-
-class FromFeatures(RAFT):
-    """RAFT's forward from the frames' feature maps on: what `FlowEngine.sequence` runs, where each
-    frame goes through the feature encoder once and serves as the second image of one pair and the
-    first of the next. Shares the weights, correlation and upsampler of the model it is built from.
-
-    forward(image1, fmaps, iters, flow_init): image1 (B, 3, H, W) float in 0..255 (padded), the first
-    frames of B consecutive pairs, for the context encoder; fmaps (B + 1, D, H/8, W/8) float32, the
-    feature maps of those B + 1 frames (pair k is fmaps[k] -> fmaps[k + 1]). The arguments keep RAFT's
-    names and order so that `CompiledForward` compiles it as it compiles RAFT.
-    """
-
-    @classmethod
-    def of(cls, model: RAFT) -> FromFeatures:
-        return cls(model.config, **model.parts(), correlation=model.correlation, upsampler=model.upsampler)
-
-    def forward(
-        self, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12, flow_init: torch.Tensor | None = None
-    ) -> RAFTOutput:
-        fmaps = image2
-        net, inp = self.context(normalize_images(image1))
-        # Batch slices of a contiguous tensor: contiguous, as the correlation parts expect.
-        fmap1, fmap2 = fmaps[:-1], fmaps[1:]
-        corr_state = self.correlation.build(fmap1, fmap2)
-        batch, _, height, width = fmap1.shape
-        coords0 = coords_grid(batch, height, width, fmap1.device)
-        coords1 = coords0 if flow_init is None else coords0 + flow_init.float()
-        for _ in range(iters):
-            net, coords1 = self.step(corr_state, net, inp, coords0, coords1)
-        flow_low = coords1 - coords0
-        return RAFTOutput(flow=self.upsample(flow_low, net), flow_low=flow_low)
 
 
 class FlowEngine:
@@ -123,11 +91,13 @@ class FlowEngine:
         self._models = build_parts(self.model, self.backend, self.corr_dtype)
         self._reported: set[tuple[int, int, int]] = set()
         shapes = options.max_compiled_shapes
-        self.compiled = CompiledForward(self._models, cuda_graphs, shapes) if options.compile else None
-        # `sequence`'s forward from feature maps, per correlation mode, sharing the weights above; compiled
-        # like the pair forward (graphs of its own, up to max_compiled_shapes more).
-        self._from_features: dict[str, RAFT] = {name: FromFeatures.of(part) for name, part in self._models.items()}
-        self.compiled_sequence = CompiledForward(self._from_features, cuda_graphs, shapes) if options.compile else None
+        self.compiled = CompiledForward(dict(self._models), cuda_graphs, shapes) if options.compile else None
+        # `sequence`'s forward from feature maps (RAFT.forward_sequence), per correlation mode; compiled like
+        # the pair forward (graphs of its own, up to max_compiled_shapes more).
+        self._sequence_forwards = {name: part.forward_sequence for name, part in self._models.items()}
+        self.compiled_sequence = (
+            CompiledForward(self._sequence_forwards, cuda_graphs, shapes) if options.compile else None
+        )
 
     @property
     def settings(self) -> EstimatorSettings:
@@ -406,7 +376,7 @@ class FlowEngine:
     ) -> RAFTOutput:
         if self.compiled_sequence is not None:
             return self.compiled_sequence(mode, image1, fmaps, iters, flow_init)
-        return self._from_features[mode](image1, fmaps, iters=iters, flow_init=flow_init)
+        return self._sequence_forwards[mode](image1, fmaps, iters=iters, flow_init=flow_init)
 
     def warmup(self, batch: int, height: int, width: int, iters: int = 12, warm_start: bool = False) -> float:
         """Run `batch` pairs of height x width once (three times with CUDA graphs: warm-up, record,

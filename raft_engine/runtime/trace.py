@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from raft_engine.errors import InputError, InputTypeError
-from raft_engine.model.raft import RAFT, coords_grid
+from raft_engine.model.raft import RAFT, Iteration
 from raft_engine.runtime.inputs import Padder
 
 
@@ -101,38 +101,35 @@ def trace_model(
     """Run `model` on one padded pair (1, 3, H', W') and keep its internals; see `FlowTrace` and
     `PixelTrace`. `FlowEngine.trace` converts, checks and pads the images and picks the model.
 
-    Its loop is the model's own (`RAFT.forward`: the same lookup, update and upsampling, in the same
-    order), spelled out to keep what it reads; the tests pin its flow to `RAFT.forward`'s."""
-    grid = (padded1.shape[-2] // 8, padded1.shape[-1] // 8)
+    It runs the model's own loop (`RAFT.refine`), observing each iteration; the tests pin its flow to
+    `RAFT.forward`'s."""
     cells = _cells(list(pixels), padder.height, padder.width, padder.pads)
     radius = model.config.corr_radius
 
     fmap1, fmap2, net, inp = model.encode(padded1, padded2)
     corr_state = model.correlation.build(fmap1, fmap2)
-    coords0 = coords_grid(1, *grid, fmap1.device)
-    coords1 = coords0 if flow_init is None else coords0 + flow_init
+    coords0, coords1 = model.initial_coords(fmap1, flow_init)
     hidden = net
-    positions: list[list[list[float]]] = [[] for _ in cells]
+    positions: list[list[list[float]]] = [[coords1[0, :, y, x].tolist()] for _, (x, y) in cells]
     windows: list[list[list[np.ndarray]]] = [[] for _ in cells]
     motion_features: list[torch.Tensor] = []
     delta_flow: list[torch.Tensor] = []
     flow_low: list[torch.Tensor] = []
-    for _ in range(iters):
-        corr = model.correlation.lookup(corr_state, coords1)
-        motion = model.update_block.motion_features(corr, coords1 - coords0)
-        net, delta = model.update_block.refine(net, inp, motion)
+
+    def record(iteration: Iteration) -> None:
         for i, (_, (x, y)) in enumerate(cells):
-            positions[i].append(coords1[0, :, y, x].tolist())
-            windows[i].append([_window(corr, level, radius, y, x) for level in range(model.config.corr_levels)])
-        coords1 = coords1 + delta
-        motion_features.append(motion.float().cpu())
-        delta_flow.append(delta.cpu())
-        flow_low.append((coords1 - coords0).cpu())
+            levels = range(model.config.corr_levels)
+            windows[i].append([_window(iteration.corr, level, radius, y, x) for level in levels])
+            positions[i].append(iteration.coords1[0, :, y, x].tolist())
+        motion_features.append(iteration.motion.float().cpu())
+        delta_flow.append(iteration.delta_flow.cpu())
+        flow_low.append((iteration.coords1 - coords0).cpu())
+
+    net, coords1 = model.refine(corr_state, net, inp, coords0, coords1, iters, observe=record)
     flow = padder.unpad(model.upsample(coords1 - coords0, net))
 
     traces = []
     for i, (pixel, (x, y)) in enumerate(cells):
-        positions[i].append(coords1[0, :, y, x].tolist())
         responses = [r.cpu().numpy() for r in model.correlation.responses(corr_state, 0, y, x)]
         traces.append(PixelTrace(pixel, (x, y), responses, np.array(positions[i], np.float32), windows[i]))
     return FlowTrace(

@@ -39,7 +39,7 @@ import torch
 from raft_engine.errors import InputError
 from raft_engine.io.files import write_atomically
 from raft_engine.model.config import RAFTConfig
-from raft_engine.model.raft import RAFT, coords_grid
+from raft_engine.model.raft import RAFT, Iteration, normalize_images
 from raft_engine.scenes import TRAINING_SEED_START, SceneStyle, scene_tensors
 
 SEEDS_PER_RUN = 10**9  # training seeds of run `seed`: TRAINING_SEED_START + seed * SEEDS_PER_RUN + k
@@ -104,27 +104,23 @@ def sequence_loss(
 def training_predictions(
     model: RAFT, image1: torch.Tensor, image2: torch.Tensor, iters: int, autocast=None
 ) -> list[torch.Tensor]:
-    """Upsampled flow after every iteration; coordinates detached between iterations, as published.
+    """Upsampled flow after every iteration, from the model's own forward (`RAFT.forward_features`, whose
+    loop detaches the coordinates between iterations, as published).
 
-    autocast (a torch.autocast context, for mixed precision) covers the encoders and the update
-    block only: the correlation volume is built and looked up in float32, as in the published code.
+    autocast (a torch.autocast context, for mixed precision) covers the encoders and the update block
+    only: the correlation volume is built and looked up in float32, as in the published code.
     """
-    autocast = autocast or contextlib.nullcontext()
-    with autocast:
-        fmap1, fmap2, net, inp = model.encode(image1, image2)
-    corr_state = model.correlation.build(fmap1.float(), fmap2.float())
-    batch, _, height, width = fmap1.shape
-    coords0 = coords_grid(batch, height, width, fmap1.device)
-    coords1 = coords0
-    predictions = []
-    for _ in range(iters):
-        coords1 = coords1.detach()
-        corr = model.correlation.lookup(corr_state, coords1)
-        with autocast:
-            net, delta_flow = model.update_block(net, inp, corr, coords1 - coords0)
-            up_mask = model.update_block.up_mask(net)
-        coords1 = coords1 + delta_flow.float()
-        predictions.append(model.upsampler(coords1 - coords0, None if up_mask is None else up_mask.float()))
+    predictions: list[torch.Tensor] = []
+
+    def upsample_each(iteration: Iteration) -> None:
+        with autocast or contextlib.nullcontext():
+            up_mask = model.update_block.up_mask(iteration.net)
+        predictions.append(model.upsampler(iteration.coords1 - coords0, up_mask))
+
+    with autocast or contextlib.nullcontext():
+        fmap1, fmap2 = model.features(normalize_images(image1), normalize_images(image2))
+    coords0, _ = model.initial_coords(fmap1)
+    model.forward_features(image1, fmap1, fmap2, iters, observe=upsample_each, autocast=autocast)
     return predictions
 
 
