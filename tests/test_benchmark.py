@@ -15,18 +15,15 @@ import raft_engine.tools.benchmark as benchmark
 import raft_engine.weights
 from raft_engine import RAFT, FlowEngine, RAFTConfig
 from raft_engine.cli import main as cli_main
+from raft_engine.runtime.devices import ieee_fp32
+from raft_engine.tools.bench_configs import MEASURED_BACKENDS, SWEEPS, BenchConfig, Sweep, parse_resolution
+from raft_engine.tools.bench_report import table
 from raft_engine.tools.benchmark import (
     MEASURED,
-    MEASURED_BACKENDS,
-    SWEEPS,
-    BenchConfig,
-    Sweep,
     SweepContext,
     count_flops,
     measure,
-    parse_resolution,
     run_sweep,
-    table,
     torchvision_state_dict,
 )
 
@@ -160,7 +157,7 @@ def test_measure_fills_every_measured_key_and_caches_per_shape(tmp_path):
     # The drifts against a flow computed without the benchmark or the engine: the model's own forward in
     # fp32 (128x160 needs no padding) and the mean end-point distance written out. fp32 gives 0 exactly on
     # the CPU; bf16 measured 0.0018 px here on a mean flow of 0.26 px (rounded to 1e-5 px in the record).
-    image1, image2 = (x.float() for x in benchmark.scene_batch(1, 128, 160))
+    image1, image2 = (x.float() for x in benchmark.benchmark_pairs(1, 128, 160))
     with torch.no_grad():
         independent = model(image1, image2, iters=1).flow
     torch.testing.assert_close(next(iter(context.references.values())), independent, rtol=0, atol=1e-5)
@@ -285,10 +282,10 @@ def set_tf32():
 @pytest.mark.parametrize("before", [(True, True), (True, False), (False, True)])
 def test_ieee_fp32_turns_tf32_off_and_restores_the_flags(set_tf32, before):
     set_tf32(*before)
-    with benchmark.ieee_fp32():
+    with ieee_fp32():
         assert tf32_flags() == (False, False)
     assert tf32_flags() == before
-    with pytest.raises(ZeroDivisionError), benchmark.ieee_fp32():
+    with pytest.raises(ZeroDivisionError), ieee_fp32():
         assert tf32_flags() == (False, False)
         1 / 0  # noqa: B018
     assert tf32_flags() == before
@@ -309,7 +306,7 @@ def test_records_say_whether_tf32_was_on_and_the_reference_runs_without(tmp_path
     measured, reference = [], []
     monkeypatch.setattr(benchmark, "make_runner", lambda *args: FakeRunner(measured))
 
-    def fake_reference_runner(model, config, device):
+    def fake_reference_runner(model, config, device, workdir):
         assert (config.backend, config.dtype) == ("torch", "fp32")
 
         def run():
@@ -318,7 +315,7 @@ def test_records_say_whether_tf32_was_on_and_the_reference_runs_without(tmp_path
 
         return run
 
-    monkeypatch.setattr(benchmark, "_engine_runner", fake_reference_runner)
+    monkeypatch.setattr(benchmark, "_estimator_runner", fake_reference_runner)
     monkeypatch.setattr(benchmark, "count_flops", lambda config: 1e9)
     set_tf32(True, False)
     context = SweepContext(torch.device("cpu"), warmup=1, runs=2, peak=1.0, workdir=tmp_path)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from raft_engine.cli import main
+from raft_engine.runtime.devices import ieee_fp32
 from raft_engine.tools import selftest
 from raft_engine.tools.selftest import Check
 
@@ -69,7 +70,7 @@ def test_a_crashing_check_is_one_line_and_a_failure(monkeypatch):
     def broken(check, context):
         raise RuntimeError("kernel exploded\nwith a long traceback")
 
-    monkeypatch.setattr(selftest, "_engine_runner", broken)
+    monkeypatch.setattr(selftest, "_runner", broken)
     record = selftest.run_check(Check("torch", "small", "fp32", 128, 160), context)
     assert record["status"] == "fail" and record["reason"] == "RuntimeError: kernel exploded"
 
@@ -87,7 +88,7 @@ def test_tf32_is_off_while_checking_and_restored_after():
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
     try:
-        with pytest.raises(KeyError), selftest.tf32_off():
+        with pytest.raises(KeyError), ieee_fp32():
             assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
             raise KeyError("a failing check")
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32

@@ -87,11 +87,13 @@ def small_held_out(monkeypatch):
 def packaged_epe(path) -> float:
     """The packaged weights' mean EPE on SMALL_HELD_OUT, loaded as a user loads them, as the record rounds it."""
     from raft_engine import load_model
-    from raft_engine.training.loop import evaluate
+    from raft_engine.training.loop import validation_epe
 
     model = load_model(path)
     held_out = SMALL_HELD_OUT
-    return round(evaluate(model, held_out["seeds"], held_out["height"], held_out["width"], held_out["iters"], "cpu"), 4)
+    return round(
+        validation_epe(model, held_out["seeds"], held_out["height"], held_out["width"], held_out["iters"], "cpu"), 4
+    )
 
 
 def test_package_writes_the_weights_and_their_record(tmp_path, small_held_out):

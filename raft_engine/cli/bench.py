@@ -13,7 +13,9 @@ from raft_engine.errors import InputError, UsageError
 
 
 def register(commands: Any) -> None:
-    from raft_engine.tools.benchmark import COMPILED_WARMUP, DTYPE_NAMES, MEASURED_BACKENDS, RESOLUTIONS, SWEEPS
+    from raft_engine.runtime.options import DTYPE_NAMES
+    from raft_engine.tools.bench_configs import MEASURED_BACKENDS, RESOLUTIONS, SWEEPS
+    from raft_engine.tools.benchmark import COMPILED_WARMUP
 
     bench = commands.add_parser(
         "bench",
@@ -65,7 +67,7 @@ def register(commands: Any) -> None:
 
 
 def _resolution(text: str) -> tuple[int, int]:
-    from raft_engine.tools.benchmark import parse_resolution
+    from raft_engine.tools.bench_configs import parse_resolution
 
     try:
         return parse_resolution(text)
@@ -76,7 +78,7 @@ def _resolution(text: str) -> tuple[int, int]:
 def _apply_sweep(args: argparse.Namespace, device: Any) -> tuple[int, int]:
     """Fill the list options left unset from the sweep (--sweep, else "quick" with --quick, else "default")
     -> (warm-up runs, timed runs): the options', else the "quick" entry's with --quick, else the sweep's."""
-    from raft_engine.tools.benchmark import SWEEPS
+    from raft_engine.tools.bench_configs import SWEEPS
 
     sweep = SWEEPS[args.sweep or ("quick" if args.quick else "default")]
     args.variant = args.variant or list(sweep.variants)
@@ -100,13 +102,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from raft_engine.io.files import make_folder, write_atomically
-    from raft_engine.tools import benchmark
+    from raft_engine.tools import bench_configs, bench_report, benchmark
 
     if args.render:
         results = Path(args.render)
         if not results.is_dir():
             raise UsageError(f"--render {results}: no such folder")
-        write_atomically("BENCHMARKS.md", benchmark.render_markdown(results))
+        write_atomically("BENCHMARKS.md", bench_report.render_markdown(results))
         print(f"wrote BENCHMARKS.md from {results}")
         return 0
 
@@ -115,10 +117,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--device cuda, but CUDA is not available")
     warmup, runs = _apply_sweep(args, device)
     weights = benchmark.load_weights(args.weights)  # each checkpoint once; the sweep reuses the models
-    configs = benchmark.build_configs(args.variant, args.resolution, args.batch, args.iters, args.dtype, args.corr,
+    configs = bench_configs.build_configs(args.variant, args.resolution, args.batch, args.iters, args.dtype, args.corr,
                                       args.backend)  # fmt: skip
     records = benchmark.run_sweep(configs, device, weights, warmup, runs, progress=not args.no_progress)
-    print(benchmark.table(records))
+    print(bench_report.table(records))
     print(
         f"device: {records[0]['device']}; bf16 matrix-product peak {records[0]['bf16_matmul_tflops']} TFLOP/s; "
         f"weights: {', '.join(sorted({r['weights'] for r in records}))}"
@@ -127,5 +129,5 @@ def run(args: argparse.Namespace) -> int:
         make_folder(Path(args.json).parent)
         write_atomically(args.json, json.dumps(records, indent=1) + "\n")
     if args.plot:
-        benchmark.plot(records, args.plot)
+        bench_report.plot(records, args.plot)
     return 0 if any(r["status"] == "ok" for r in records) else 1

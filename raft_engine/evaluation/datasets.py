@@ -38,6 +38,7 @@ import numpy as np
 
 from raft_engine.errors import InputError, MissingFileError
 from raft_engine.io import read_flo, read_kitti_flow
+from raft_engine.io.frames import natural_key
 
 DATASETS = ("sintel", "kitti-2015", "kitti-2012", "chairs", "middlebury", "hd1k", "list")
 ALIASES = {"kitti": "kitti-2015"}  # the published evaluate.py's --dataset kitti is KITTI 2015
@@ -201,16 +202,12 @@ def _file(path: Path, what: str) -> Path:
     return path
 
 
-def _natural_key(path: Path) -> list:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
-
-
 def _frames(folder: Path, pattern: str) -> list[Path]:
-    return sorted(folder.glob(pattern), key=_natural_key)
+    return sorted(folder.glob(pattern), key=natural_key)
 
 
 def _scenes(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir()), key=_natural_key)
+    return sorted((p for p in folder.iterdir() if p.is_dir()), key=natural_key)
 
 
 def _sintel_pass(root: Path, part: str, dstype: str) -> list[Sample]:

@@ -14,20 +14,14 @@ the sweep goes on; a reference that fails leaves only the drift missing (`refere
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import functools
 import gc
-import json
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,125 +29,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from raft_engine.errors import InputError, MissingDependency, NotAvailable, UsageError
-from raft_engine.runtime.options import DTYPE_NAMES
+from raft_engine.errors import NotAvailable, UsageError
+from raft_engine.runtime.devices import device_name, ieee_fp32, synchronize
+from raft_engine.tools.bench_configs import BenchConfig
+from raft_engine.tools.measure import ENGINE_BACKENDS, ORT_PROVIDERS, build_estimator, one_line, versions
 
 if TYPE_CHECKING:
     from raft_engine.model.raft import RAFT
 
-RESOLUTIONS = {"sintel": (440, 1024), "kitti": (376, 1248), "1080p": (1088, 1920), "4k": (2160, 3840)}
-# What a benchmark configuration runs: the engine's backends, compiled or not, ONNX Runtime's providers and the peer.
-MEASURED_BACKENDS = (
-    "torch", "triton", "compiled", "compiled+graphs", "ort-cpu", "ort-cuda", "ort-tensorrt", "torchvision",
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """A named sweep: the option lists it crosses, and the warm-up and timed runs of each configuration."""
-
-    variants: tuple[str, ...]
-    resolutions: tuple[str, ...]  # names in RESOLUTIONS, or HxW
-    batches: tuple[int, ...]
-    iters: tuple[int, ...]
-    dtypes: tuple[str, ...]
-    backends: tuple[str, ...]
-    cpu_backends: tuple[str, ...] | None = None  # the backends off CUDA, where they differ
-    warmup: int = 3
-    runs: int = 20
-
-    def backends_on(self, device: torch.device) -> list[str]:
-        if device.type != "cuda" and self.cpu_backends is not None:
-            return list(self.cpu_backends)
-        return list(self.backends)
-
-    def sizes(self) -> list[tuple[int, int]]:
-        return [parse_resolution(r) for r in self.resolutions]
-
-
-SWEEPS = {
-    # --quick: a smoke test that finishes in under a minute, on any device.
-    "quick": Sweep(
-        variants=("small",),
-        resolutions=("128x160",),
-        batches=(1,),
-        iters=(4,),
-        dtypes=("fp32", "bf16"),
-        backends=("torch", "ort-cpu"),
-        warmup=1,
-        runs=3,
-    ),
-    # Without --quick or --sweep: RAFT-large at Sintel's size, with every GPU backend, or the CPU's.
-    "default": Sweep(
-        variants=("large",),
-        resolutions=("sintel",),
-        batches=(1,),
-        iters=(12,),
-        dtypes=("fp32",),
-        backends=("torch", "triton", "compiled", "compiled+graphs", "ort-cuda", "torchvision"),
-        cpu_backends=("torch", "ort-cpu"),
-    ),
-    # The standard GPU sweep: RAFT-large and small, sintel and 1080p, batch 1/8/32, 12 and 32 iterations.
-    "standard": Sweep(
-        variants=("large", "small"),
-        resolutions=("sintel", "1080p"),
-        batches=(1, 8, 32),
-        iters=(12, 32),
-        dtypes=DTYPE_NAMES,
-        backends=MEASURED_BACKENDS,
-    ),
-    # ptlflow's published setting: 500x1000 (padded to 504x1000), 32 iterations, batch 1.
-    "ptlflow": Sweep(
-        variants=("large",),
-        resolutions=("500x1000",),
-        batches=(1,),
-        iters=(32,),
-        dtypes=("fp32", "fp16"),
-        backends=MEASURED_BACKENDS,
-    ),
-}
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    backend: str
-    variant: str
-    dtype: str
-    batch: int
-    height: int
-    width: int
-    iters: int
-    corr: str
-
-    def describe(self) -> str:
-        return (
-            f"{self.backend} RAFT-{self.variant} {self.dtype} b{self.batch} {self.height}x{self.width} "
-            f"{self.iters}it corr={self.corr}"
-        )
-
-
-def parse_resolution(text: str) -> tuple[int, int]:
-    """A name of RESOLUTIONS or HxW -> (height, width); anything else raises `InputError`."""
-    if text in RESOLUTIONS:
-        return RESOLUTIONS[text]
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise InputError(
-            f"resolution {text!r}: expected one of {', '.join(RESOLUTIONS)} or HxW (e.g. 436x1024)"
-        ) from None
-    if height < 1 or width < 1:
-        raise InputError(f"resolution {text!r} must be positive")
-    return height, width
-
-
 # ------------------------------------------------------------------------------------------------
 # Measurement helpers
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_runs(run, device: torch.device, warmup: int, runs: int) -> tuple[list[float], float]:
@@ -161,7 +46,7 @@ def time_runs(run, device: torch.device, warmup: int, runs: int) -> tuple[list[f
     start = time.perf_counter()
     for _ in range(warmup):
         run()
-    _sync(device)
+    synchronize(device)
     warmup_s = time.perf_counter() - start
     latencies = []
     for _ in range(runs):
@@ -177,21 +62,6 @@ def time_runs(run, device: torch.device, warmup: int, runs: int) -> tuple[list[f
             run()
             latencies.append(1000 * (time.perf_counter() - started))
     return latencies, warmup_s
-
-
-@contextlib.contextmanager
-def ieee_fp32() -> Iterator[None]:
-    """Inside: float32 convolutions (cuDNN) and matrix products in IEEE float32, not TF32 (10-bit
-    mantissas), which PyTorch uses for convolutions on Ampere and later GPUs by default. The previous
-    settings come back after, also when the body raises. The legacy flags, not `fp32_precision`: once the
-    new API is used, torch.export (torch 2.13) fails reading the legacy flag."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def tf32_in_use(backend: str) -> dict[str, bool | None]:
@@ -217,12 +87,6 @@ def warmup_runs(backend: str, warmup: int) -> int:
     """The warm-up runs of a configuration: the sweep's, at least COMPILED_WARMUP for compiled backends, so
     that neither compiling nor recording a CUDA graph lands in the timed runs."""
     return max(warmup, COMPILED_WARMUP) if backend in COMPILED_BACKENDS else warmup
-
-
-def one_line(error: BaseException) -> str:
-    """`error` as "Type: first line of its message" (at most 200 characters of it)."""
-    lines = str(error).splitlines()
-    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
 
 
 def matmul_peak_tflops(device: torch.device) -> float:
@@ -256,7 +120,7 @@ def count_flops(config: BenchConfig) -> float:
 _PAIRS: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def scene_batch(batch: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def benchmark_pairs(batch: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, 3, H, W) uint8 generated pairs; at most two distinct scenes, repeated (timing does not care)."""
     key = (batch, height, width)
     if key not in _PAIRS:
@@ -272,62 +136,29 @@ def scene_batch(batch: int, height: int, width: int) -> tuple[torch.Tensor, torc
 # Backends: each returns a callable running one batch, and the flow it computes.
 
 
-def _engine_runner(model, config: BenchConfig, device: torch.device):
-    from raft_engine.runtime.engine import FlowEngine
-
-    options = functools.partial(FlowEngine, model, device=device, dtype=config.dtype, corr=config.corr)
-    if config.backend == "torch":
-        engine = options(backend="torch")
-    elif config.backend == "triton":
-        engine = options(backend="triton")
-    elif config.backend in ("compiled", "compiled+graphs"):
-        if config.backend == "compiled+graphs" and device.type != "cuda":
-            raise NotAvailable("CUDA graphs need a GPU")
-        engine = options(compile=True, cuda_graphs=config.backend == "compiled+graphs", backend="auto")
-    else:
-        raise AssertionError(f"not an engine backend: {config.backend}")
-    image1, image2 = (x.to(device) for x in scene_batch(config.batch, config.height, config.width))
-    return lambda: engine(image1, image2, iters=config.iters)
-
-
-def _ort_runner(model, config: BenchConfig, device: torch.device, workdir: Path):
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise NotAvailable("onnxruntime is not installed") from error
-    from raft_engine.export import OrtFlowSession, export_onnx
+def _estimator_runner(model, config: BenchConfig, device: torch.device, workdir: Path):
+    """A callable running one batch of `config` through its estimator (`build_estimator`: the engine of an
+    engine backend, or the exported graph on an ONNX Runtime provider) -> the flow."""
     from raft_engine.runtime.inputs import Padder
 
-    provider = config.backend.removeprefix("ort-")
-    needed = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-    if needed[provider] not in onnxruntime.get_available_providers():
-        raise NotAvailable(f"ONNX Runtime has no {needed[provider]}")
-    if provider != "cpu" and device.type != "cuda":
-        raise NotAvailable(f"{config.backend} needs a GPU")
-    if config.dtype == "bf16":
-        raise NotAvailable("the ONNX export is fp32 or fp16")
-    height, width = Padder(config.height, config.width).padded_size
-    name = f"{config.variant}-{config.dtype}-{config.corr}-b{config.batch}-{height}x{width}-{config.iters}.onnx"
-    path = workdir / name
-    if not path.exists():
-        export_onnx(
-            model,
-            path,
-            iters=config.iters,
-            height=height,
-            width=width,
-            batch=config.batch,
-            dtype=config.dtype,
-            corr=config.corr,  # "volume" or "ondemand": the graph's correlation is the configuration's
-            verify=False,
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # CPU-placed nodes are recorded in the report, not warned about here
-        session = OrtFlowSession(path, providers=provider)
-    image1, image2 = scene_batch(config.batch, config.height, config.width)
-    if provider != "cpu":
+    estimator = build_estimator(
+        model,
+        config.backend,
+        device,
+        config.dtype,
+        config.corr,  # "volume" or "ondemand": an exported graph's correlation is the configuration's
+        iters=config.iters,
+        padded_size=Padder(config.height, config.width).padded_size,
+        batch=config.batch,
+        workdir=workdir,
+    )
+    image1, image2 = benchmark_pairs(config.batch, config.height, config.width)
+    iters = None if estimator.settings.runs_own_iters else config.iters
+    if config.backend in ENGINE_BACKENDS:
+        image1, image2 = image1.to(device), image2.to(device)  # uint8: no range check in the timed runs
+    elif config.backend != "ort-cpu":  # the GPU providers bind float32 device memory
         image1, image2 = image1.to(device).float(), image2.to(device).float()
-    return lambda: session(image1, image2)
+    return lambda: estimator.estimate(image1, image2, iters=iters).flow
 
 
 def torchvision_state_dict(model, tv_model) -> dict:
@@ -352,7 +183,7 @@ def _torchvision_runner(model, config: BenchConfig, device: torch.device):
     peer = peer.eval().to(device)
     padder = Padder(config.height, config.width)
     image1, image2 = (
-        padder.pad(x.float().to(device) / 127.5 - 1) for x in scene_batch(config.batch, config.height, config.width)
+        padder.pad(x.float().to(device) / 127.5 - 1) for x in benchmark_pairs(config.batch, config.height, config.width)
     )
 
     @torch.inference_mode()
@@ -363,37 +194,6 @@ def _torchvision_runner(model, config: BenchConfig, device: torch.device):
 
 
 # ------------------------------------------------------------------------------------------------
-
-
-def versions() -> dict:
-    found: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("triton", "onnxruntime", "torchvision"):
-        try:
-            found[name] = __import__(name).__version__
-        except ImportError:
-            pass
-    if torch.cuda.is_available():
-        found["cuda"] = torch.version.cuda
-        try:
-            found["driver"] = (
-                subprocess.run(
-                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                    capture_output=True,
-                    text=True,
-                    timeout=30,
-                )
-                .stdout.strip()
-                .splitlines()[0]
-            )
-        except (OSError, IndexError, subprocess.SubprocessError):
-            found["driver"] = "unknown"
-    return found
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 Loaded = tuple["RAFT", str]  # a model and where its weights came from (the records' "weights")
@@ -432,7 +232,6 @@ MEASURED = (
     "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "pairs_per_s", "warmup_s", "warmup_runs",
     "peak_mem_mb", "gflop_per_pair", "tflops", "fraction_of_bf16_peak", "epe_vs_fp32", "runs",
 )  # fmt: skip
-ENGINE_BACKENDS = ("torch", "triton", "compiled", "compiled+graphs")
 
 
 @dataclass
@@ -457,7 +256,8 @@ class SweepContext:
         if key not in self.references:
             reference_config = replace(config, backend="torch", dtype="fp32")
             with ieee_fp32():
-                self.references[key] = _engine_runner(model, reference_config, self.device)().float().cpu()
+                run = _estimator_runner(model, reference_config, self.device, self.workdir)
+                self.references[key] = run().float().cpu()
         return self.references[key]
 
     def flops_per_pair(self, config: BenchConfig) -> float:
@@ -469,12 +269,10 @@ class SweepContext:
 
 def make_runner(model, config: BenchConfig, device: torch.device, workdir: Path):
     """A callable running one batch of `config` and returning its flow; NotAvailable where it cannot run."""
-    if config.backend in ENGINE_BACKENDS:
-        if config.backend == "triton" and device.type != "cuda":
-            raise NotAvailable("the Triton kernels run on CUDA (the CPU only has Triton's interpreter)")
-        return _engine_runner(model, config, device)
-    if config.backend.startswith("ort-"):
-        return _ort_runner(model, config, device, workdir)
+    if config.backend == "triton" and device.type != "cuda":
+        raise NotAvailable("the Triton kernels run on CUDA (the CPU only has Triton's interpreter)")
+    if config.backend in ENGINE_BACKENDS or config.backend in ORT_PROVIDERS:
+        return _estimator_runner(model, config, device, workdir)
     if config.backend == "torchvision":
         return _torchvision_runner(model, config, device)
     raise NotAvailable(f"unknown backend {config.backend}")
@@ -612,139 +410,3 @@ def run_sweep(
             model, weights_used = models[config.variant]
             records.append(measure(config, model, context, weights_used))
     return records
-
-
-def _cell(record: dict, key: str, fmt: str) -> str:
-    value = record.get(key)
-    return fmt.format(value) if record["status"] == "ok" and value is not None else "-"
-
-
-def table(records: list[dict]) -> str:
-    header = [
-        "backend",
-        "variant",
-        "dtype",
-        "corr",
-        "batch",
-        "size",
-        "iters",
-        "p50 ms",
-        "p90 ms",
-        "pairs/s",
-        "peak MB",
-        "GFLOP",
-        "TFLOP/s",
-        "% bf16",
-        "EPE drift",
-        "status",
-    ]
-    rows = []
-    for r in records:
-        rows.append(
-            [
-                r["backend"],
-                r["variant"],
-                r["dtype"],
-                r["corr"],
-                str(r["batch"]),
-                f"{r['height']}x{r['width']}",
-                str(r["iters"]),
-                _cell(r, "latency_ms_p50", "{:.2f}"),
-                _cell(r, "latency_ms_p90", "{:.2f}"),
-                _cell(r, "pairs_per_s", "{:.2f}"),
-                _cell(r, "peak_mem_mb", "{:.0f}"),
-                _cell(r, "gflop_per_pair", "{:.0f}"),
-                _cell(r, "tflops", "{:.2f}"),
-                _cell({**r, "percent": 100 * (r.get("fraction_of_bf16_peak") or 0)}, "percent", "{:.1f}"),
-                _cell(r, "epe_vs_fp32", "{:.4f}"),
-                r["status"] + (f" (no drift: {r['reference_error']})" if r.get("reference_error") else ""),
-            ]
-        )
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(lines)
-
-
-def plot(records: list[dict], path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise MissingDependency("--plot needs matplotlib: pip install -e '.[plot]'", name="matplotlib") from error
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    series: dict[tuple, list[tuple[int, float, float]]] = {}
-    for r in records:
-        if r["status"] == "ok":
-            key = (r["backend"], r["variant"], r["dtype"], r["corr"], r["height"], r["width"], r["iters"])
-            series.setdefault(key, []).append((r["batch"], r["latency_ms_p50"], r["pairs_per_s"]))
-    for key, points in sorted(series.items()):
-        points.sort()
-        label = f"{key[0]} {key[1]} {key[2]} {key[4]}x{key[5]} {key[6]}it"
-        left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-        right.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=label)
-    for axis, title in ((left, "latency (ms, median)"), (right, "throughput (pairs/s)")):
-        axis.set_xscale("log", base=2)
-        axis.set_xlabel("batch size")
-        axis.set_title(title)
-        axis.grid(True, alpha=0.3)
-    right.legend(fontsize=6, loc="best")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-
-
-def render_markdown(results_dir: Path) -> str:
-    """BENCHMARKS.md: every results file, with its device, versions and command, as tables."""
-    parts = [
-        "# Benchmarks",
-        "",
-        "Rendered by `python bench.py --render benchmarks/results` from the JSON records there.",
-        "Every number was measured by the command shown with it; reproduce a table by running that command.",
-        "",
-    ]
-    for path in sorted(results_dir.glob("*.json")):
-        records = json.loads(path.read_text())
-        if not records:
-            continue
-        first = records[0]
-        versions_text = ", ".join(f"{k} {v}" for k, v in first["versions"].items())
-        parts += [
-            f"## {path.stem}",
-            "",
-            f"- device: {first['device']}",
-            f"- versions: {versions_text}",
-            f"- weights: {first['weights']}",
-            f"- bf16 matrix-product peak measured: {first['bf16_matmul_tflops']} TFLOP/s",
-            f"- date: {first['date']}",
-            f"- command: `{first['command']}`",
-            "",
-            "```",
-            table(records),
-            "```",
-            "",
-        ]
-    return "\n".join(parts)
-
-
-def build_configs(
-    variants: list[str],
-    resolutions: list[tuple[int, int]],
-    batches: list[int],
-    iters: list[int],
-    dtypes: list[str],
-    corrs: list[str],
-    backends: list[str],
-) -> list[BenchConfig]:
-    """Every combination of the lists, in this order of nesting (backends innermost)."""
-    return [
-        BenchConfig(backend, variant, dtype, batch, height, width, count, corr)
-        for variant in variants
-        for height, width in resolutions
-        for batch in batches
-        for count in iters
-        for dtype in dtypes
-        for corr in corrs
-        for backend in backends
-    ]

@@ -16,7 +16,6 @@ failure; the command exits non-zero when any check fails.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -24,7 +23,7 @@ import shutil
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,9 @@ import torch
 from raft_engine.errors import NotAvailable
 from raft_engine.interpreter import interpreting
 from raft_engine.io.files import make_folder, write_atomically
+from raft_engine.runtime.devices import ieee_fp32, synchronize
+from raft_engine.runtime.inputs import Padder
+from raft_engine.tools.measure import ENGINE_BACKENDS, build_estimator, ort_providers, package_version
 
 # Relative L2 error of the flow against the float32 PyTorch reference that a check may reach. float32:
 # measured 1e-7..1.3e-6 on the CPU (Triton through its interpreter, ONNX Runtime); GPU kernels sum
@@ -79,15 +81,6 @@ class Context:
 # Environment ------------------------------------------------------------------------------------
 
 
-def _version(module: str) -> str | None:
-    try:
-        return str(__import__(module).__version__)
-    except ImportError:
-        return None
-    except Exception as error:  # noqa: BLE001 - a broken install is reported, not raised
-        return f"broken: {type(error).__name__}: {error}"
-
-
 def c_compiler() -> str | None:
     """The C compiler Triton's launcher is built with: $CC, else cc, gcc or clang on PATH."""
     for candidate in (os.environ.get("CC"), "cc", "gcc", "clang"):
@@ -111,12 +104,12 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "tf32_conv": torch.backends.cudnn.allow_tf32,
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        "triton": _version("triton"),
+        "triton": package_version("triton"),
         "triton_interpreter": interpreting(),
-        "onnx": _version("onnx"),
-        "onnxscript": _version("onnxscript"),
-        "onnxruntime": _version("onnxruntime"),
-        "onnxruntime_providers": _ort_providers(),
+        "onnx": package_version("onnx"),
+        "onnxscript": package_version("onnxscript"),
+        "onnxruntime": package_version("onnxruntime"),
+        "onnxruntime_providers": ort_providers(),
         "c_compiler": c_compiler(),
         "python_headers": python_headers(),
     }
@@ -126,14 +119,6 @@ def environment(device: torch.device) -> dict[str, Any]:
         found["gpu_memory_gib"] = round(properties.total_memory / 2**30, 1)
         found["compute_capability"] = f"{properties.major}.{properties.minor}"
     return found
-
-
-def _ort_providers() -> list[str] | None:
-    try:
-        import onnxruntime
-    except ImportError:
-        return None
-    return list(onnxruntime.get_available_providers())
 
 
 def toolchain_record(device: torch.device, env: dict[str, Any]) -> dict[str, Any]:
@@ -205,91 +190,52 @@ def _pair(context: Context, height: int, width: int) -> tuple[np.ndarray, np.nda
     return context.pairs[(height, width)]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(run: Callable[[], torch.Tensor], device: torch.device, warmups: int) -> tuple[torch.Tensor, float]:
     """-> (flow on the CPU, milliseconds of one run after `warmups` runs)."""
     for _ in range(warmups):
         run()
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     flow = run()
-    _sync(device)
+    synchronize(device)
     return flow.float().cpu(), 1000 * (time.perf_counter() - start)
 
 
-def _engine_runner(check: Check, context: Context) -> tuple[Callable[[], torch.Tensor], int]:
-    """A callable computing the flow of the check's pair, and how many warm-up runs it needs."""
-    from raft_engine.runtime.engine import FlowEngine
-
+def _runner(check: Check, context: Context) -> tuple[Callable[[], torch.Tensor], int]:
+    """A callable computing the flow of the check's pair through its estimator (`build_estimator`), and how
+    many warm-up runs it needs; NotAvailable where the check does not apply here."""
     device = context.device
     compiled = check.backend.startswith("compiled")
     if check.backend == "triton" and device.type == "cpu" and not interpreting():
         raise NotAvailable("the Triton kernels run on CUDA, or on the CPU with TRITON_INTERPRET=1 set before start")
-    if check.backend == "compiled+graphs" and device.type != "cuda":
-        raise NotAvailable("CUDA graphs need a GPU")
-    if compiled and device.type == "cpu" and context.quick:
+    if compiled and device.type == "cpu" and context.quick and check.backend != "compiled+graphs":
         raise NotAvailable("--quick on the CPU: compiling takes about a minute per shape")
-    if check.dtype == "fp16" and device.type == "cpu" and check.backend != "torch":
+    if check.dtype == "fp16" and device.type == "cpu" and check.backend in ENGINE_BACKENDS[1:]:
         raise NotAvailable("float16 convolutions on the CPU are the torch backend's only")
-    engine = FlowEngine(
+    estimator = build_estimator(
         _model(context, check.variant),
-        device=device,
-        dtype=check.dtype,
-        backend="triton" if check.backend == "triton" or (compiled and device.type == "cuda") else "torch",
-        corr=check.corr,
-        compile=compiled,
-        cuda_graphs=check.backend == "compiled+graphs",
+        check.backend,
+        device,
+        check.dtype,
+        check.corr,
+        iters=context.iters,
+        padded_size=Padder(check.height, check.width).padded_size,
+        batch=1,
+        workdir=context.workdir,
     )
     image1, image2 = _pair(context, check.height, check.width)
+    iters = None if estimator.settings.runs_own_iters else context.iters
     # Warm-up, record, replay for CUDA graphs; one compile for torch.compile; the first Triton launch
-    # compiles its kernels on a GPU.
+    # compiles its kernels on a GPU, and the GPU providers build their sessions' work on the first run.
     warmups = 3 if compiled else (1 if device.type == "cuda" else 0)
-    return (lambda: engine.estimate(image1, image2, iters=context.iters).flow), warmups
-
-
-def _ort_runner(check: Check, context: Context) -> tuple[Callable[[], torch.Tensor], int]:
-    provider = check.backend.removeprefix("ort-")
-    wanted = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-    providers = _ort_providers()
-    if providers is None:
-        raise NotAvailable("onnxruntime is not installed (pip install onnxruntime-gpu, or onnxruntime)")
-    if wanted[provider] not in providers:
-        raise NotAvailable(f"this onnxruntime has no {wanted[provider]} (available: {', '.join(providers)})")
-    if provider != "cpu" and context.device.type != "cuda":
-        raise NotAvailable(f"{wanted[provider]} needs a GPU")
-    for module in ("onnx", "onnxscript"):
-        if _version(module) is None:
-            raise NotAvailable(f"exporting needs {module}: pip install onnx onnxscript")
-    from raft_engine.export import OrtFlowSession, export_onnx
-    from raft_engine.runtime.inputs import Padder
-
-    height, width = Padder(check.height, check.width).padded_size
-    path = context.workdir / f"{check.variant}-{check.dtype}-{check.corr}-{height}x{width}.onnx"
-    if not path.exists():
-        export_onnx(
-            _model(context, check.variant),
-            path,
-            iters=context.iters,
-            height=height,
-            width=width,
-            dtype=check.dtype,
-            corr=check.corr,
-            verify=False,
-        )
-    session = OrtFlowSession(path, providers=provider)
-    image1, image2 = _pair(context, check.height, check.width)
-    return (lambda: session.estimate(image1, image2).flow), (1 if provider != "cpu" else 0)
+    return (lambda: estimator.estimate(image1, image2, iters=iters).flow), warmups
 
 
 def _reference(check: Check, context: Context) -> torch.Tensor:
     key = (check.variant, check.height, check.width)
     if key not in context.references:
         reference = Check("torch", check.variant, "fp32", check.height, check.width)
-        run, _ = _engine_runner(reference, context)
+        run, _ = _runner(reference, context)
         context.references[key] = run().float().cpu()
     return context.references[key]
 
@@ -314,10 +260,7 @@ def run_check(check: Check, context: Context) -> dict[str, Any]:
     record = _record(check.name, check.backend, check.variant, check.dtype, (check.height, check.width))
     record["corr"] = check.corr
     try:
-        if check.backend.startswith("ort-"):
-            run, warmups = _ort_runner(check, context)
-        else:
-            run, warmups = _engine_runner(check, context)
+        run, warmups = _runner(check, context)
         flow, latency = _timed(run, context.device, warmups)
         del run
         reference = _reference(check, context)
@@ -339,18 +282,6 @@ def run_check(check: Check, context: Context) -> dict[str, Any]:
         if context.device.type == "cuda":
             torch.cuda.empty_cache()
     return record
-
-
-@contextlib.contextmanager
-def tf32_off() -> Iterator[None]:
-    """float32 as float32 while checking: PyTorch runs float32 convolutions in TF32 on Ampere and later
-    by default. The legacy flags: once the fp32_precision API is used, torch 2.13's export fails."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 # Report -----------------------------------------------------------------------------------------
@@ -379,7 +310,7 @@ def run(device: torch.device, quick: bool, json_path: str | None, out: Callable[
     out("\nchecks (drift: mean end-point distance to the float32 torch reference, px; relative L2 error; ms):")
     out(f"  {'status':7s} {'check':52s} {'drift px':>9s} {'relative':>9s} {'ms':>9s}")
     out(_row(records[0]))
-    with tempfile.TemporaryDirectory(prefix="raft-selftest-") as workdir, tf32_off():
+    with tempfile.TemporaryDirectory(prefix="raft-selftest-") as workdir, ieee_fp32():
         context = Context(device, quick, 4 if quick else 12, Path(workdir))
         for check in plan(device, quick):
             records.append(run_check(check, context))

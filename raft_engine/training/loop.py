@@ -27,7 +27,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from raft_engine.errors import InputError
 from raft_engine.io.files import write_atomically
 from raft_engine.model.config import RAFTConfig
 from raft_engine.model.raft import RAFT, Iteration, normalize_images
+from raft_engine.runtime.devices import device_name
 from raft_engine.scenes import TRAINING_SEED_START, SceneStyle, scene_tensors
 
 SEEDS_PER_RUN = 10**9  # training seeds of run `seed`: TRAINING_SEED_START + seed * SEEDS_PER_RUN + k
@@ -138,7 +138,9 @@ def scene_batch(
 
 
 @torch.no_grad()
-def evaluate(model: RAFT, seeds, height: int, width: int, iters: int, device, max_displacement: float = 0.15) -> float:
+def validation_epe(
+    model: RAFT, seeds, height: int, width: int, iters: int, device, max_displacement: float = 0.15
+) -> float:
     """Mean end-point error (px) over the pairs of `seeds`, one at a time."""
     was_training = model.training
     model.eval()
@@ -213,17 +215,6 @@ def _cuda_training_flags(where: torch.device):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
 
 
-def _device_name(where: torch.device) -> str:
-    """The GPU's name, or the CPU's model and core count (platform.processor() is empty on most Linux)."""
-    if where.type == "cuda":
-        return torch.cuda.get_device_name(where)
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    model = names[0] if names else platform.processor() or platform.machine() or "cpu"
-    return f"{model}, {os.cpu_count()} cores"
-
-
 def train(
     config: TrainConfig,
     run_dir: str | os.PathLike,
@@ -287,7 +278,7 @@ def train(
         kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
         log_path.write_text("".join(line + "\n" for line in kept))
     call: dict[str, Any] = {
-        "device": _device_name(where),
+        "device": device_name(where),
         "torch": str(torch.__version__),
         "steps": [step, step],
         "seconds": 0.0,
@@ -337,7 +328,7 @@ def train(
                 "data_s": round(waited, 4),
             }
             if step % config.validate_every == 0 or step == config.steps:
-                record["val_epe"] = evaluate(
+                record["val_epe"] = validation_epe(
                     model, range(config.validation_pairs), config.height, config.width, 12, where
                 )
             if not math.isfinite(metrics["loss"]):
@@ -384,7 +375,7 @@ HELD_OUT: dict[str, Any] = {"seeds": list(range(8)), "height": 384, "width": 512
 def held_out_epe(model: RAFT, device="cpu", seeds=None) -> float:
     """Mean end-point error (px) of `model` on the held-out generated pairs."""
     seeds = HELD_OUT["seeds"] if seeds is None else seeds
-    return evaluate(model.to(device), seeds, HELD_OUT["height"], HELD_OUT["width"], HELD_OUT["iters"], device)
+    return validation_epe(model.to(device), seeds, HELD_OUT["height"], HELD_OUT["width"], HELD_OUT["iters"], device)
 
 
 def package(
