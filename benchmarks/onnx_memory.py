@@ -31,7 +31,7 @@ import torch
 
 from raft_engine import RAFT, RAFTConfig
 from raft_engine.export import export_onnx
-from raft_engine.export.ort_session import MAX_TENSOR_ELEMENTS, dense_volume_elements
+from raft_engine.export.limits import MAX_TENSOR_ELEMENTS, dense_volume_elements
 from raft_engine.scenes import scene_tensors
 
 ITERS = 12

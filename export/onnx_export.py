@@ -37,12 +37,7 @@ import torch
 from torch import nn
 
 from raft_engine.errors import ExportError, InputError, InputTypeError
-from raft_engine.export.ort_session import (
-    MAX_DYNAMIC_SIDE,
-    MAX_TENSOR_ELEMENTS,
-    check_tensors,
-    dense_volume_elements,
-)
+from raft_engine.export.limits import MAX_DYNAMIC_SIDE, MAX_TENSOR_ELEMENTS, check_tensors, dense_volume_elements
 from raft_engine.model.correlation import OnDemandCorrelation, corr_ondemand_gather, dense_pyramid_bytes
 from raft_engine.model.raft import RAFT
 from raft_engine.runtime.inputs import positive_int

@@ -26,17 +26,13 @@ import numpy as np
 import torch
 
 from raft_engine.errors import InputError, MissingDependency
+from raft_engine.export.limits import MAX_DYNAMIC_SIDE, check_ondemand_tensors, check_tensors
 from raft_engine.export.onnx_export import (
     DEFAULT_CORR_BUDGET,
     DYNAMIC_TRACE_SIZE,
     ExportReport,
     export_onnx,
     resolve_corr,
-)
-from raft_engine.export.ort_session import (
-    MAX_DYNAMIC_SIDE,
-    check_ondemand_tensors,
-    check_tensors,
 )
 from raft_engine.model.raft import RAFT, FlowResult
 from raft_engine.runtime.estimator import EstimatorSettings, pairwise_sequence

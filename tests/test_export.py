@@ -19,15 +19,13 @@ from synthetic import synthetic_state_dict
 from raft_engine import FlowEngine
 from raft_engine.cli import main
 from raft_engine.export import ExportError, OrtFlowSession, export_onnx, onnx_export, ort_session
+from raft_engine.export.limits import MAX_TENSOR_ELEMENTS, check_dense_volume, dense_volume_elements
 from raft_engine.export.onnx_export import TOLERANCE
 from raft_engine.export.ort_session import (
-    MAX_TENSOR_ELEMENTS,
     ProviderError,
     _provider_list,
-    check_dense_volume,
     computes_shapes,
     cpu_placed_nodes,
-    dense_volume_elements,
     trt_cache_folders,
 )
 from raft_engine.runtime.inputs import Padder

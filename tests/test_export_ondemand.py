@@ -9,8 +9,8 @@ from conftest import rel_error
 
 from raft_engine import FlowEngine
 from raft_engine.export import OrtFlowSession, export_onnx, onnx_export
+from raft_engine.export.limits import check_ondemand_tensors, ondemand_tensor_elements
 from raft_engine.export.onnx_export import DEFAULT_CORR_BUDGET, TOLERANCE, resolve_corr
-from raft_engine.export.ort_session import check_ondemand_tensors, ondemand_tensor_elements
 from raft_engine.model.config import RAFTConfig
 from raft_engine.scenes import scene_tensors
 

@@ -111,11 +111,12 @@ def _install_offline(python: Path, *args: str | Path) -> None:
 # Where the package, its kernels and export subpackages and the built-in weights come from (find_spec: without
 # importing the kernels, which imports triton: 1.5 s), then, given a pair, its flow by the built-in model.
 PROBE = """
-import importlib.util as u, json, sys
+import importlib, importlib.util as u, json, sys
 import numpy as np
 import raft_engine
 from raft_engine.weights import builtin_path
 found = {"version": raft_engine.__version__, "package": raft_engine.__file__, "builtin": str(builtin_path())}
+found["subpackages"] = {name: importlib.import_module(f"raft_engine.{name}").__file__ for name in SUBPACKAGES}
 found.update({name: u.find_spec(f"raft_engine.{name}").origin for name in ("kernels", "export")})
 found["top_level"] = [str(u.find_spec(name)) for name in ("kernels", "export")]
 if len(sys.argv) > 1:
@@ -126,9 +127,14 @@ print(json.dumps(found))
 """
 
 
-def _probe(python: Path, cwd: Path, *pair_and_flow: Path) -> dict[str, str]:
+# The sub-packages of raft_engine/ (kernels and export are checked by find_spec above), each imported.
+SUBPACKAGES = sorted(path.parent.name for path in (ROOT / "raft_engine").glob("*/__init__.py"))
+
+
+def _probe(python: Path, cwd: Path, *pair_and_flow: Path) -> dict:
     # -I and a temporary working folder: the repository is not on the path, only what was installed.
-    done = _run([python, "-I", "-c", PROBE, *pair_and_flow], cwd=cwd)
+    probe = PROBE.replace("SUBPACKAGES", repr(SUBPACKAGES))
+    done = _run([python, "-I", "-c", probe, *pair_and_flow], cwd=cwd)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 
@@ -155,6 +161,9 @@ def test_offline_install_over_an_existing_torch(wheel, tmp_path):
     assert found["version"] == wheel.name.split("-")[1]  # from the installed metadata, not "0+unknown"
     for key in ("package", "kernels", "export", "builtin"):
         assert Path(found[key]).is_relative_to(site), (key, found[key])
+    assert set(found["subpackages"]) == set(SUBPACKAGES) >= {"model", "runtime", "io", "scenes", "cli", "tools"}
+    for name, origin in found["subpackages"].items():
+        assert Path(origin) == site / "raft_engine" / name / "__init__.py", (name, origin)
     assert found["top_level"] == ["None", "None"]  # no top-level `kernels` or `export` to collide with others
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "flow.npy")), expected)
 
@@ -174,4 +183,6 @@ def test_offline_install_over_an_existing_torch(wheel, tmp_path):
     assert Path(found["kernels"]) == ROOT / "kernels" / "__init__.py"
     assert Path(found["export"]) == ROOT / "export" / "__init__.py"
     assert Path(found["builtin"]) == ROOT / "raft_engine" / "data" / "builtin-small.pth"
+    for name, origin in found["subpackages"].items():
+        assert Path(origin) == ROOT / "raft_engine" / name / "__init__.py", (name, origin)
     assert not (site / "raft_engine").exists()  # the regular install was replaced, not shadowed

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 # Source folders and the package names they install as (pyproject.toml's package-dir).
 PACKAGES = {
@@ -138,3 +140,114 @@ def test_the_core_imports_neither_kernels_nor_export_at_the_top():
         named += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
         assert not [m for m in named if m.split(".")[0] in ("triton", "onnx", "onnxruntime", "onnxscript")], name
         assert not [m for m in named if m.startswith(("raft_engine.kernels", "raft_engine.export"))], name
+
+
+# ------------------------------------------------------------------------------------------------
+# The layers: what each room of the package may import (the rooms of the package itself, counting imports
+# inside functions and for type checking). Dependencies go down: the network's parts know nothing of the
+# runtime, the runtime nothing of the tools or the command line, io and scenes nothing but the errors.
+LEAVES = {"raft_engine.errors", "raft_engine.interpreter"}
+ALLOWED = {
+    "raft_engine.errors": set(),
+    "raft_engine.interpreter": set(),
+    "raft_engine.io": {"raft_engine.errors"},
+    "raft_engine.model": {"raft_engine.errors"},
+    "raft_engine.scenes": {"raft_engine.errors"},
+    "raft_engine.weights": {"raft_engine.errors", "raft_engine.model"},
+    "raft_engine.kernels": {"raft_engine.errors", "raft_engine.interpreter", "raft_engine.model"},
+    "raft_engine.runtime": {
+        "raft_engine.errors", "raft_engine.interpreter", "raft_engine.model", "raft_engine.kernels",
+    },
+    "raft_engine": {"raft_engine.errors", "raft_engine.model", "raft_engine.runtime", "raft_engine.weights"},
+    "raft_engine.export": {
+        "raft_engine", "raft_engine.errors", "raft_engine.model", "raft_engine.runtime", "raft_engine.scenes",
+        "raft_engine.weights",
+    },
+    "raft_engine.evaluation": {"raft_engine.errors", "raft_engine.io", "raft_engine.model", "raft_engine.runtime"},
+    "raft_engine.training": {
+        "raft_engine.errors", "raft_engine.io", "raft_engine.model", "raft_engine.runtime", "raft_engine.scenes",
+        "raft_engine.weights",
+    },
+    "raft_engine.tools": {
+        "raft_engine.errors", "raft_engine.interpreter", "raft_engine.io", "raft_engine.model", "raft_engine.runtime",
+        "raft_engine.scenes", "raft_engine.weights", "raft_engine.export",
+    },
+    "raft_engine.cli": {
+        "raft_engine", "raft_engine.errors", "raft_engine.evaluation", "raft_engine.export", "raft_engine.io",
+        "raft_engine.model", "raft_engine.runtime", "raft_engine.scenes", "raft_engine.tools",
+        "raft_engine.training", "raft_engine.weights",
+    },
+    "raft_engine.train": {"raft_engine.cli"},  # the alias of `raft-engine train`
+}  # fmt: skip
+MAX_MODULE_LINES = 520  # about 500: a module past it is split by concern
+
+
+def room(module: str) -> str:
+    """The room of a module: its sub-package (raft_engine.model), or itself for the top modules."""
+    parts = module.split(".")
+    return module if len(parts) <= 2 else ".".join(parts[:2])
+
+
+def room_graph() -> dict[str, set[str]]:
+    rooms: dict[str, set[str]] = {}
+    for module, targets in import_graph().items():
+        rooms.setdefault(room(module), set()).update(room(t) for t in targets if room(t) != room(module))
+    return rooms
+
+
+def test_every_room_has_a_layer():
+    assert set(room_graph()) == set(ALLOWED)
+
+
+@pytest.mark.parametrize("name", sorted(ALLOWED))
+def test_each_room_imports_only_what_its_layer_allows(name):
+    imported = room_graph()[name]
+    assert imported <= ALLOWED[name], f"{name} imports {sorted(imported - ALLOWED[name])}"
+
+
+def test_the_layering_the_design_states():
+    rooms = room_graph()
+    upper = {
+        "raft_engine.runtime",
+        "raft_engine.tools",
+        "raft_engine.cli",
+        "raft_engine.training",
+        "raft_engine.evaluation",
+    }
+    assert not rooms["raft_engine.model"] & upper
+    assert not rooms["raft_engine.runtime"] & {"raft_engine.tools", "raft_engine.cli"}
+    assert rooms["raft_engine.io"] <= LEAVES
+    for leaf in LEAVES:
+        assert not rooms[leaf]
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path, monkeypatch):
+    """A model module importing the runtime is caught (the check reads the files it is given)."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from raft_engine.runtime.engine import FlowEngine\n")
+    modules = {**_module_names(), "raft_engine.model.bad": bad}
+    monkeypatch.setattr(sys.modules[__name__], "_module_names", lambda: modules)
+    assert "raft_engine.runtime" in room_graph()["raft_engine.model"]
+
+
+def test_modules_are_small_and_say_what_they_hold():
+    for name, path in _module_names().items():
+        source = path.read_text()
+        lines = source.count("\n")
+        assert lines <= MAX_MODULE_LINES, f"{name}: {lines} lines"
+        docstring = ast.get_docstring(ast.parse(source))
+        assert docstring and len(docstring) > 20, f"{name} has no docstring saying what it holds"
+
+
+def test_pyproject_lists_every_package():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(project["tool"]["setuptools"]["packages"])
+    folders = {
+        ".".join((package, *path.parent.relative_to(folder).parts))
+        for package, folder in PACKAGES.items()
+        for path in folder.rglob("__init__.py")
+        if "__pycache__" not in path.parts
+    }
+    assert listed == folders
