@@ -344,7 +344,7 @@ class OrtFlowSession:
         )
 
     def describe(self, height: int | None = None, width: int | None = None) -> str:
-        return f"RAFT-{self.variant} graph {self.path.name}, ONNX Runtime {self.providers[0]}"
+        return f"ONNX Runtime {self.providers[0]}"
 
     def estimate(
         self, image1: ImageLike, image2: ImageLike, iters: int | None = None, flow_init: ArrayLike | None = None

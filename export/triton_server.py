@@ -313,7 +313,7 @@ class TritonFlowClient:
         )
 
     def describe(self, height: int | None = None, width: int | None = None) -> str:
-        return f"model {self.model_name!r} of the inference server at {self.url}"
+        return f"inference server at {self.url}, model {self.model_name!r}"
 
     def estimate(
         self, image1: ImageLike, image2: ImageLike, iters: int | None = None, flow_init: ArrayLike | None = None

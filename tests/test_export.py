@@ -18,7 +18,7 @@ from synthetic import synthetic_state_dict
 
 from raft_engine import FlowEngine
 from raft_engine.cli import main
-from raft_engine.export import ExportError, OrtFlowSession, export_onnx, onnx_export, ort_session
+from raft_engine.export import ExportError, OrtFlowSession, export_onnx, limits, onnx_export
 from raft_engine.export.limits import MAX_TENSOR_ELEMENTS, check_dense_volume, dense_volume_elements
 from raft_engine.export.onnx_export import TOLERANCE
 from raft_engine.export.ort_session import (
@@ -155,7 +155,7 @@ def test_dynamic_batch_and_flow_low(tmp_path, official_small, reference, monkeyp
         assert rel_error(result.flow, expected.flow) < TOLERANCE_VS_PYTORCH
         assert rel_error(result.flow_low, expected.flow_low) < TOLERANCE_VS_PYTORCH
     # A dynamic batch is checked per call against the volume limit, here lowered to two pairs' volume.
-    monkeypatch.setattr(ort_session, "MAX_TENSOR_ELEMENTS", dense_volume_elements(2, 128, 160))
+    monkeypatch.setattr(limits, "MAX_TENSOR_ELEMENTS", dense_volume_elements(2, 128, 160))
     session.estimate(image1[:2], image2[:2])
     with pytest.raises(ValueError, match="batch 3 at 128x160 .* 307,200 elements .*use a batch of at most 2"):
         session.estimate(image1, image2)
@@ -372,7 +372,7 @@ def test_dense_volume_limit(exported, official_small, tmp_path, monkeypatch):
         )
     assert not list(tmp_path.iterdir())
     # A session refuses a fixed-batch graph over the limit (lowered here below one 128x160 pair).
-    monkeypatch.setattr(ort_session, "MAX_TENSOR_ELEMENTS", dense_volume_elements(1, 128, 160) - 1)
+    monkeypatch.setattr(limits, "MAX_TENSOR_ELEMENTS", dense_volume_elements(1, 128, 160) - 1)
     with pytest.raises(ValueError, match="batch 1 at 128x160 .* 102,400 elements.*even one pair is too large"):
         OrtFlowSession(exported["small", "fp32"].path, providers="cpu")
 

@@ -103,6 +103,6 @@ def test_the_engine_is_a_flow_estimator():
     settings = engine.settings
     assert (settings.variant, settings.backend, settings.dtype, settings.device) == ("small", "torch", "fp32", "cpu")
     assert settings.takes_flow_init and not settings.runs_own_iters and settings.iters is None
-    assert engine.describe() == "RAFT-small, cpu, torch, fp32, corr auto"
-    assert engine.describe(128, 136) == "RAFT-small, cpu, torch, fp32, corr volume"
+    assert engine.describe() == "cpu, torch, corr auto"
+    assert engine.describe(128, 136) == "cpu, torch, corr volume"
     assert not isinstance(object(), FlowEstimator)

@@ -267,6 +267,7 @@ def run(args: argparse.Namespace) -> None:
         (height, width), where = head[0].shape[:2], outputs.describe()
     elapsed = time.perf_counter() - start
     print(
-        f"wrote {pairs} flow field(s) of {height}x{width} to {where} ({_iterations(args, estimator)} iterations, "
-        f"{estimator.describe(height, width)}, {elapsed:.2f} s, {pairs / elapsed:.2f} pairs/s)"
+        f"wrote {pairs} flow field(s) of {height}x{width} to {where} (RAFT-{estimator.settings.variant}, "
+        f"{_iterations(args, estimator)} iterations, {estimator.describe(height, width)}, {elapsed:.2f} s, "
+        f"{pairs / elapsed:.2f} pairs/s)"
     )

@@ -111,11 +111,9 @@ class FlowEngine:
         )
 
     def describe(self, height: int | None = None, width: int | None = None) -> str:
-        """One line: the model, device, backend, dtype and correlation; for a size, the correlation mode it
-        uses there."""
+        """Where and how it runs: the device, backend and correlation mode (for a size, the one used there)."""
         corr = self.corr if height is None or width is None else self.corr_mode_for(1, height, width)
-        compiled = ", compiled" if self.compiled is not None else ""
-        return f"RAFT-{self.config.variant}, {self.device}, {self.backend}, {self.options.dtype}, corr {corr}{compiled}"
+        return f"{self.device}, {self.backend}, corr {corr}"
 
     def __repr__(self) -> str:
         return (

@@ -65,7 +65,8 @@ class FlowEstimator(Protocol):
         None is the estimator's own count (12 for an engine, the unrolled count of an exported graph).
     sequence(frames, iters, warm_start, batch_size) -> the FlowResult of each consecutive pair of frames, in
         order, as computed (an engine encodes each frame once; `pairwise_sequence` for the others).
-    describe(height, width) -> one line: what runs and where; for a size, what it uses at that size.
+    describe(height, width) -> one line: where and how it runs (an engine's device, backend and correlation,
+        for a size the correlation mode used there; a session's provider; a server's address).
     settings: `EstimatorSettings`.
     """
 
@@ -120,10 +121,11 @@ def pairwise_sequence(
     twice, as the second image of one pair and the first of the next. warm_start needs an estimator that
     takes flow_init; batch_size other than 1 does not apply."""
     settings = estimator.settings
+    name = settings.source or estimator.describe()
     if warm_start and not settings.takes_flow_init:
-        raise InputError(f"warm start needs flow_init, which {estimator.describe()} does not take")
+        raise InputError(f"warm start needs flow_init, which {name} does not take")
     if batch_size not in (None, 1):
-        raise InputError(f"{estimator.describe()} runs one pair at a time: batch_size does not apply")
+        raise InputError(f"{name} runs one pair at a time: batch_size does not apply")
     count, previous, flow_low = 0, None, None
     for frame in frames:
         count += 1
