@@ -275,7 +275,7 @@ class TritonFlowClient:
         except ImportError as error:
             raise MissingDependency(
                 "the Triton Inference Server client needs tritonclient's HTTP client: "
-                "pip install 'raft-engine[triton]'",
+                "pip install 'raft-engine[triton-client]'",
                 name="tritonclient",
             ) from error
         return httpclient.InferenceServerClient(self.url, connection_timeout=self.timeout, network_timeout=self.timeout)

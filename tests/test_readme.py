@@ -170,12 +170,14 @@ def test_cli_examples_run(example_dir, reference, official_large):
     assert f"{np.linalg.norm(estimated - truth, axis=2).mean():.2f}" == quoted
     assert Image.open(demo / "demo.png").size == (2 * 512 + 10, 2 * 384 + 50)
 
-    # The built-in model's flow, as .flo and as colours; RAFT-large's from the checkpoint, 12 iterations.
-    image1, image2 = reference["image1"], reference["image2"]
+    # The built-in model's flow of the demo's frames, as .flo and as colours (the first example runs as
+    # written after the demo); RAFT-large's from the checkpoint, 12 iterations.
+    demo_frames = [np.asarray(Image.open(demo / f"frame{k}.png").convert("RGB")) for k in (1, 2)]
     flow = read_flo(example_dir / "flow.flo")
-    builtin = FlowEngine(load_model("builtin"), device="cpu")(image1, image2, iters=12)[0]
+    builtin = FlowEngine(load_model("builtin"), device="cpu")(*demo_frames, iters=12)[0]
     _close(flow, builtin.permute(1, 2, 0))
     np.testing.assert_array_equal(_png(example_dir / "flow.png"), flow_to_color(flow))
+    image1, image2 = reference["image1"], reference["image2"]
     things = FlowEngine(official_large, device="cpu")(image1, image2, iters=12)[0]
     # Colours within one level: flows 1e-4 px apart can round to neighbouring levels.
     _close(_png(example_dir / "flow-things.png"), flow_to_color(things), atol=1)

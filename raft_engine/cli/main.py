@@ -20,7 +20,7 @@ OPTIONAL = {
     "onnxscript": "pip install onnx onnxscript (the project's [onnx] extra)",
     "onnxruntime": "pip install onnxruntime-gpu (or the CPU-only onnxruntime)",
     "av": 'pip install av (PyAV, the project\'s [video] extra: pip install -e ".[video]")',
-    "tritonclient": "pip install 'tritonclient[http]' (the project's [triton] extra)",
+    "tritonclient": "pip install 'tritonclient[http]' (the project's [triton-client] extra)",
     "matplotlib": "pip install matplotlib (the project's [plot] extra)",
 }
 
