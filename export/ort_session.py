@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from raft_engine.errors import InputError, MissingFileError, ProviderError
+from raft_engine.errors import FileFormatError, InputError, MissingFileError, ProviderError
 from raft_engine.export.limits import DEFAULT_MIN_SIZE, MAX_DYNAMIC_SIDE, check_tensors
 from raft_engine.model.raft import FlowResult
 from raft_engine.runtime.estimator import EstimatorSettings, check_fixed_iters, pairwise_sequence
@@ -233,7 +233,15 @@ class OrtFlowSession:
         provider_list = _provider_list(provider, device_id, cuda_graph, tf32, trt_cache, tensorrt_fp16)
         if provider != "cpu" and hasattr(onnxruntime, "preload_dlls"):
             onnxruntime.preload_dlls()  # onnxruntime-gpu: load CUDA/cuDNN from the pip packages or torch
-        self.session = onnxruntime.InferenceSession(str(path), quiet_session_options(), providers=provider_list)
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), quiet_session_options(), providers=provider_list)
+        except Exception as error:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...), no common base
+            if type(error).__module__.startswith("onnxruntime") and "INVALID_PROTOBUF" in str(error):
+                raise FileFormatError(f"{path} is not an ONNX graph (ONNX Runtime cannot parse it)") from error
+            if type(error).__module__.startswith("onnxruntime"):
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise FileFormatError(f"{path}: ONNX Runtime cannot load this graph ({reason})") from error
+            raise
         if provider != "cpu":
             # ONNX Runtime falls back to the next provider when one fails to load, with only a log line
             # (and its Python wrapper retries without the provider options, TF32 off among them).
@@ -298,7 +306,10 @@ class OrtFlowSession:
         """Raise ValueError unless the graph takes (padded) inputs of height x width."""
         if not self.dynamic_size:
             if (height, width) != (self.height, self.width):
-                raise InputError(f"this graph was exported for {self.height}x{self.width}, got {height}x{width}")
+                raise InputError(
+                    f"this graph was exported for {self.height}x{self.width}, got {height}x{width}; a graph exported "
+                    "with --dynamic-size (dynamic_size=True) takes every size"
+                )
             return
         if height % 8 or width % 8:
             raise InputError(

@@ -260,7 +260,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-            raise WeightsError(f"cannot read {path} as a weights-only PyTorch checkpoint: {error}") from error
+            raise WeightsError(_unreadable_checkpoint(path, error)) from error
     elif suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -272,6 +272,20 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     else:
         raise WeightsError(f"unsupported checkpoint type {suffix!r} ({path}); expected .pth, .pt or .safetensors")
     return _as_state_dict(obj, str(path))
+
+
+def _unreadable_checkpoint(path: Path, error: BaseException) -> str:
+    """One line for a .pth/.pt file torch.load(weights_only=True) refuses. torch's own message advises
+    weights_only=False, which runs the file's code: wrong for a damaged file and unsafe for any other."""
+    message = str(error)
+    # "Unsupported global: GLOBAL numpy...", "Trying to load unsupported GLOBAL posix.system whose ...".
+    globals_named = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", message)
+    if globals_named:
+        return (
+            f"{path} holds Python objects besides tensors ({globals_named.group(1)}), which a weights-only load "
+            "refuses (loading never runs a file's code): save the model's state dict alone"
+        )
+    return f"{path} is not a PyTorch checkpoint: it is damaged, or another kind of file ({type(error).__name__})"
 
 
 def _as_state_dict(obj: object, origin: str) -> dict[str, torch.Tensor]:

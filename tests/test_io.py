@@ -318,7 +318,7 @@ def test_read_image_modes(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such image file"):
         read_image(tmp_path / "missing.png")
     (tmp_path / "junk.png").write_bytes(b"junk")
-    with pytest.raises(ValueError, match="cannot read image"):
+    with pytest.raises(ValueError, match="is not an image file Pillow can read"):
         read_image(tmp_path / "junk.png")
 
 

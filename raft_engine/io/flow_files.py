@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 
-from raft_engine.errors import InputError, InputTypeError
-from raft_engine.io.files import write_atomically
+from raft_engine.errors import FileFormatError, InputError, InputTypeError
+from raft_engine.io.files import read_bytes, write_atomically
 
 FLO_MAGIC = 202021.25  # "PIEH" read as a little-endian float32
 KITTI_SCALE = 64.0
@@ -43,14 +42,17 @@ def as_flow_array(flow, name: str = "flow") -> np.ndarray:
 
 
 def read_flo(path: str | os.PathLike) -> np.ndarray:
-    data = Path(path).read_bytes()
+    """A Middlebury .flo file -> (H, W, 2) float32; a file that is not one raises `FileFormatError`."""
+    data = read_bytes(path, "flow file")
     if len(data) < 12:
-        raise InputError(f"{path}: too short for a .flo file ({len(data)} bytes)")
+        raise FileFormatError(f"{path}: too short for a .flo file ({len(data)} bytes)")
     magic, width, height = struct.unpack("<fii", data[:12])
     if magic != FLO_MAGIC:
-        raise InputError(f"{path}: not a Middlebury .flo file (magic {magic!r}, expected {FLO_MAGIC})")
+        raise FileFormatError(f"{path}: not a Middlebury .flo file (magic {magic!r}, expected {FLO_MAGIC})")
     if width <= 0 or height <= 0 or len(data) != 12 + 8 * width * height:
-        raise InputError(f"{path}: header says {width}x{height} (WxH), which does not match the file size {len(data)}")
+        raise FileFormatError(
+            f"{path}: header says {width}x{height} (WxH), which does not match the file size {len(data)}"
+        )
     return np.frombuffer(data, dtype="<f4", offset=12).reshape(height, width, 2).astype(np.float32)
 
 
@@ -96,7 +98,7 @@ def _unfilter(raw: np.ndarray, height: int, width: int, bpp: int) -> np.ndarray:
     rows = raw.reshape(height, 1 + width * bpp)
     types = rows[:, 0].astype(np.int32)
     if types.max(initial=0) > 4:
-        raise InputError(f"invalid PNG filter type {types.max()}")
+        raise FileFormatError(f"invalid PNG filter type {types.max()}")
     filtered = rows[:, 1:].reshape(height, width, bpp).astype(np.int32)
     if not types.any():
         return filtered.astype(np.uint8).reshape(height, width * bpp)
@@ -116,16 +118,20 @@ def _unfilter(raw: np.ndarray, height: int, width: int, bpp: int) -> np.ndarray:
 
 
 def _read_png16_rgb(path: str | os.PathLike) -> np.ndarray:
-    data = Path(path).read_bytes()
+    data = read_bytes(path, "KITTI flow file")
     if not data.startswith(_PNG_SIGNATURE):
-        raise InputError(f"{path}: not a PNG file")
+        raise FileFormatError(f"{path}: not a PNG file")
     pos, header, idat = len(_PNG_SIGNATURE), None, []
     while pos + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         payload = data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length] or b"\0\0\0\0")
-        if len(payload) != length or crc != zlib.crc32(kind + payload):
-            raise InputError(f"{path}: corrupt PNG chunk {kind!r}")
+        crc_bytes = data[pos + 8 + length : pos + 12 + length]
+        if (
+            len(payload) != length
+            or len(crc_bytes) != 4
+            or struct.unpack(">I", crc_bytes)[0] != zlib.crc32(kind + payload)
+        ):
+            raise FileFormatError(f"{path}: corrupt PNG chunk {kind!r}")
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", payload)
         elif kind == b"IDAT":
@@ -134,20 +140,20 @@ def _read_png16_rgb(path: str | os.PathLike) -> np.ndarray:
             break
         pos += 12 + length
     if header is None or not idat:
-        raise InputError(f"{path}: PNG without image data")
+        raise FileFormatError(f"{path}: PNG without image data")
     width, height, depth, colour, _, _, interlace = header
     if depth != 16 or colour != 2:
-        raise InputError(
+        raise FileFormatError(
             f"{path}: a KITTI flow PNG is 16-bit RGB; this one has bit depth {depth}, colour type {colour}"
         )
     if interlace:
-        raise InputError(f"{path}: interlaced PNGs are not supported")
+        raise FileFormatError(f"{path}: interlaced PNGs are not supported")
     try:
         raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8)
     except zlib.error as error:  # chunks with valid CRCs around a cut-short or corrupt deflate stream
-        raise InputError(f"{path}: corrupt PNG image data ({error})") from error
+        raise FileFormatError(f"{path}: corrupt PNG image data ({error})") from error
     if raw.size != height * (1 + width * 6):
-        raise InputError(f"{path}: PNG data size does not match its {width}x{height} header")
+        raise FileFormatError(f"{path}: PNG data size does not match its {width}x{height} header")
     rows = _unfilter(raw, height, width, 6)
     return rows.reshape(height, width, 3, 2).astype(np.uint16) @ np.array([256, 1], np.uint16)
 

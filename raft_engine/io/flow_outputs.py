@@ -14,7 +14,7 @@ from types import TracebackType
 import numpy as np
 
 from raft_engine.errors import PathError
-from raft_engine.io.files import make_folder
+from raft_engine.io.files import check_output_file, check_output_folder
 from raft_engine.io.flow_files import KITTI_SCALE, as_flow_array, write_flo, write_kitti_flow
 from raft_engine.io.images import write_image
 from raft_engine.io.video import VideoWriter
@@ -53,15 +53,14 @@ class SequenceOutputs:
     def prepare(self) -> SequenceOutputs:
         """Create the output folders (and the video's), before any work: a path that cannot be written
         fails now, naming it."""
-        if self.video is not None and self.video.is_dir():
-            raise PathError(f"{self.video} is a folder; the video output names the video file to write")
-        video_dir = self.video.parent if self.video is not None else None
-        for folder in filter(None, (self.image_dir, self.flo_dir, self.kitti_dir, video_dir)):
+        if self.video is not None:
+            check_output_file(self.video, what="the flow video")
+        for folder in filter(None, (self.image_dir, self.flo_dir, self.kitti_dir)):
             if folder.exists() and not folder.is_dir():
                 raise PathError(
                     f"{folder} exists and is not a folder; a sequence writes one file per pair into a folder"
                 )
-            make_folder(folder)
+            check_output_folder(folder)
         return self
 
     def open(self, fps: Fraction) -> SequenceOutputs:

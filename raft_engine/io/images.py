@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raft_engine.errors import InputError, MissingFileError
+from raft_engine.errors import FileFormatError, InputError, MissingFileError
 from raft_engine.io.files import write_atomically
 
 
@@ -25,10 +25,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         rawmodes = [str(tile[3]) for tile in opened.tile]  # (codec, extents, offset, rawmode)
         opened.load()
     except (OSError, SyntaxError) as error:  # PIL raises these for unreadable or truncated files
-        raise InputError(f"cannot read image {path}: {error}") from error
+        raise FileFormatError(f"{path} is not an image file Pillow can read ({_reason(error)})") from error
     image: Image.Image = opened  # conversions below return plain images
     if image.mode in ("I", "I;16", "I;16B", "F") or any(";16" in mode for mode in rawmodes):
-        raise InputError(
+        raise FileFormatError(
             f"{path} is a 16-bit or floating-point image (mode {image.mode}); convert it to 8-bit RGB first"
         )
     if image.mode == "P":
@@ -66,3 +66,9 @@ def image_format_for(path: str | os.PathLike) -> str:
     if image_format is None or image_format not in Image.SAVE:
         raise InputError(f"{path}: unknown image file extension {suffix or '(none)'!r}; use .png, .jpg, ...")
     return image_format
+
+
+def _reason(error: BaseException) -> str:
+    """A library error's first line, without an errno prefix."""
+    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return str(text).splitlines()[0]

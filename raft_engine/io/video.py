@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from raft_engine.errors import InputError, MissingDependency, MissingFileError, PathError
+from raft_engine.errors import FileFormatError, InputError, MissingDependency, MissingFileError, PathError
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"})
 VIDEO_INSTALL = 'pip install av, or the project\'s video extra: pip install -e ".[video]"'
@@ -56,6 +56,8 @@ class VideoReader:
         try:
             stream = container.streams.video[0]
             context = stream.codec_context
+            if context is None:  # a stream whose codec FFmpeg could not set up (seen in damaged MP4 files)
+                raise FileFormatError(f"{self.path} is not a video PyAV can read (its video stream has no codec)")
             self.width: int = context.width
             self.height: int = context.height
             self.codec: str = context.name
@@ -75,10 +77,10 @@ class VideoReader:
         try:
             container = self._av.open(str(self.path), mode="r")
         except (self._av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
-            raise InputError(f"cannot read video {self.path}: {error}") from error
+            raise FileFormatError(f"{self.path} is not a video PyAV can read ({_reason(error)})") from error
         if not container.streams.video:
             container.close()
-            raise InputError(f"cannot read video {self.path}: the file has no video stream")
+            raise FileFormatError(f"{self.path} is not a video PyAV can read (the file has no video stream)")
         return container
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -94,8 +96,16 @@ class VideoReader:
                 except StopIteration:
                     return
                 except self._av.error.FFmpegError as error:
-                    raise InputError(f"{self.path}: decoding failed after {index} frame(s): {error}") from error
-                yield frame.to_ndarray(format="rgb24")
+                    raise FileFormatError(
+                        f"{self.path}: decoding failed after {index} frame(s) ({_reason(error)})"
+                    ) from error
+                try:
+                    picture = frame.to_ndarray(format="rgb24")
+                except (self._av.error.FFmpegError, ValueError) as error:
+                    raise FileFormatError(
+                        f"{self.path}: frame {index} cannot be converted to RGB ({_reason(error)})"
+                    ) from error
+                yield picture
                 index += 1
         finally:
             container.close()
@@ -214,3 +224,9 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
         for frame in frames:
             writer.write(frame)
     return writer.frames_written
+
+
+def _reason(error: BaseException) -> str:
+    """FFmpeg's or the system's reason, without the errno number PyAV puts before it."""
+    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return str(text).splitlines()[0]
