@@ -23,11 +23,13 @@ Runtime and TensorRT; the alternative (a Gather-based lookup in fp16) was not ne
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from torch import nn
 
 from raft_engine.errors import ExportError, InputError, InputTypeError
 from raft_engine.export.limits import MAX_DYNAMIC_SIDE, MAX_TENSOR_ELEMENTS, check_tensors, dense_volume_elements
+from raft_engine.io.files import check_output_file
 from raft_engine.model.correlation import OnDemandCorrelation, corr_ondemand_gather, dense_pyramid_bytes
 from raft_engine.model.raft import RAFT
 from raft_engine.runtime.inputs import positive_int
@@ -183,9 +186,13 @@ def export_onnx(
     corr: str = "auto",
     dynamic_size: bool = False,
     corr_budget: float = DEFAULT_CORR_BUDGET,
+    progress: Callable[[str], None] | None = None,
 ) -> ExportReport:
     """Export `model` to ONNX with a fixed iteration count; see the module docstring.
 
+    path: the .onnx file, checked (suffix, folder) before any work; missing folders are created.
+    progress: called with the name of each stage as it starts ("trace", "check", "verify", "write"):
+        a command line shows them; the export prints nothing itself.
     height, width: the input size (multiples of 8, at least the model's minimum); with dynamic_size=True
         the size the graph is traced and verified at (default 256x320).
     batch: the batch size of the graph, or of the example used to trace it with dynamic_batch=True
@@ -199,8 +206,10 @@ def export_onnx(
     """
     if not isinstance(model, RAFT):
         raise InputTypeError(f"model must be a raft_engine.RAFT (see load_model), got {type(model).__name__}")
+    path = check_output_file(path, [".onnx"], what="the ONNX file")
     height, width = _check_size(model, height, width, dynamic_size)
     iters, batch = positive_int("iters", iters), positive_int("batch", batch)
+    stage = progress or (lambda name: None)
     if dtype not in ONNX_DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; expected one of {tuple(ONNX_DTYPES)}")
     opset = _check_opset(opset)
@@ -218,7 +227,9 @@ def export_onnx(
     # Generated scenes: realistic inputs for tracing and verification.
     image1, image2, _ = scene_tensors(range(traced_batch), height, width)
     outputs = ("flow", "flow_low") if flow_low else ("flow",)
+    stage("trace")
     onnx_model = _trace(exported, image1, image2, outputs, opset, corr, dynamic_batch, dynamic_size)
+    stage("check")
     _check_graph(onnx_model, dynamic_batch, dynamic_size, batch, height, width, outputs)
     metadata = {
         "raft_engine.version": _version(),
@@ -245,15 +256,15 @@ def export_onnx(
         entry.key, entry.value = key, value
     import onnx
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and moved there only once verified: a failed export leaves no file
     # behind, and never replaces an earlier good one.
     staged = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
+        stage("write")
         onnx.save(onnx_model, str(staged))
         relative = max_abs = None
         if verify:
+            stage("verify")
             relative, max_abs = _verify(model, staged, image1, image2, iters, outputs, corr)
             if dynamic_size:  # the same file at another size: the smallest it takes, not square
                 minimum = model.config.min_image_size
@@ -332,7 +343,10 @@ def _trace(
     # only, against 313 s and 4,405 nodes with the full optimizer (2 cores, one busy with another job).
     # The volume graph keeps the full optimizer.
     full_optimizer = corr == "volume"
-    with warnings.catch_warnings(), torch.no_grad():
+    # The exporter logs a warning for each torchvision operator it cannot register when torchvision is
+    # missing (nms, roi_align, ...): none is in RAFT's graph, so they are not the user's concern.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    with warnings.catch_warnings(), torch.no_grad(), _quieter(registration, logging.ERROR):
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message="# The axis name: .* will not be used")
         warnings.filterwarnings("ignore", category=UserWarning, module="torch.export")
@@ -373,6 +387,17 @@ def _trace(
                 logger.setLevel(level)
         return onnx_ir.serde.serialize_model(program.model)
     return program.model_proto
+
+
+@contextlib.contextmanager
+def _quieter(logger: logging.Logger, level: int) -> Iterator[None]:
+    """Inside: `logger` shows records from `level` up only; its level comes back after."""
+    saved = logger.level
+    logger.setLevel(max(logger.getEffectiveLevel(), level))
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
 
 
 def _version() -> str:

@@ -126,7 +126,10 @@ def test_user_mistakes_are_one_line(workdir, tmp_path, capsys):
         (["flow", *pair, "--weights", weights, "--iters", 0], "--iters must be >= 1"),
         (["flow", *pair, "--weights", weights, "--warm-start"], "--warm-start needs a sequence"),
         (["flow", pair[0], "--weights", weights], "give two frames"),
-        (["flow", frames / "notes.txt", pair[0], "--weights", weights, "--device", "cpu"], "cannot read image"),
+        (
+            ["flow", frames / "notes.txt", pair[0], "--weights", weights, "--device", "cpu"],
+            "is not an image file Pillow can read",
+        ),
         (["flow", *pair, "--weights", weights, "--variant", "large"], "variant='large' was requested"),
         (["flow", *pair, "--weights", weights, "--device", "tpu9"], "unknown device"),
         (["flow", *pair, "--weights", weights, "--providers", "cpu"], "--providers applies with --onnx only"),

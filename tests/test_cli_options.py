@@ -106,6 +106,7 @@ def test_demo_minimum_size_is_not_a_fixed_number(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("command", sorted(_commands()))
 def test_every_option_of_every_command_has_help(command, capsys):
     parser = _commands()[command]
+    assert parser.description, f"{command} --help has no description"
     for action in parser._actions:
         if action.option_strings:
             assert action.help and action.help != argparse.SUPPRESS, (command, action.option_strings)

@@ -363,7 +363,7 @@ def test_hd1k_layout(tmp_path):
     assert (record["iters"], record["padding"]) == (24, "kitti")
 
 
-def test_list_layout(tmp_path):
+def test_list_layout(tmp_path, capsys):
     oracle = Oracle()
     lines = ["# image1 image2 flow"]
     for number in range(2):
@@ -371,10 +371,18 @@ def test_list_layout(tmp_path):
         _pair_on_disk(oracle, 60 + number, clip / f"{number}a.png", clip / f"{number}b.png", clip / f"{number}.flo")
         lines.append(f"clip/{number}a.png clip/{number}b.png clip/{number}.flo")
     (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n\n")
-    (record,) = evaluate(oracle, "list", tmp_path / "pairs.txt")
+    # A list has no published protocol: the iterations are given, and the record says so.
+    with pytest.raises(ValueError, match="list has no published protocol to take the iterations from: give iters"):
+        evaluate(oracle, "list", tmp_path / "pairs.txt")
+    (record,) = evaluate(oracle, "list", tmp_path / "pairs.txt", iters=7)
     assert (record["dataset"], record["split"], record["pairs"]) == ("list", "pairs", 2)
     assert record["epe"] == pytest.approx(5.0, rel=1e-6)
-    assert (record["iters"], record["padding"]) == (32, "sintel")  # .flo truth: Sintel's protocol
+    # .flo truth: Sintel's padding and averaging, but not a published protocol.
+    assert (record["iters"], record["padding"], record["published_protocol"]) == (7, "sintel", False)
+    code, _, err = _cli(["--dataset", "list", "--root", tmp_path / "pairs.txt", "--device", "cpu"], capsys)
+    assert "--dataset list has no published protocol to take the iterations from: give --iters" in _one_line_error(
+        code, err
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -657,7 +665,7 @@ def _spoil(root: Path, how: str) -> tuple[Path, str]:
     if how == "image corrupt":
         first = root / "training/clean/a/frame_0001.png"
         first.write_bytes(first.read_bytes()[:60])
-        return first, "cannot read image"
+        return first, "is not an image file Pillow can read"
     mask = root / "training/occlusions/a/frame_0001.png"
     mask.parent.mkdir(parents=True)
     mask.write_bytes(b"not a png")

@@ -6,11 +6,14 @@ import onnx
 import pytest
 import torch
 from conftest import rel_error
+from PIL import Image
 
 from raft_engine import FlowEngine
+from raft_engine.cli import main
 from raft_engine.export import OrtFlowSession, export_onnx, onnx_export
 from raft_engine.export.limits import check_ondemand_tensors, ondemand_tensor_elements
 from raft_engine.export.onnx_export import DEFAULT_CORR_BUDGET, TOLERANCE, resolve_corr
+from raft_engine.io import read_flo
 from raft_engine.model.config import RAFTConfig
 from raft_engine.scenes import scene_tensors
 
@@ -161,6 +164,8 @@ def test_sessions_refuse_sizes_the_graph_does_not_take(small_graphs, tmp_path, o
     image = torch.full((1, 3, 136, 160), 128.0)
     with pytest.raises(ValueError, match="images of 136x160 pad to 136x160: this graph was exported for 128x160"):
         fixed.estimate(image, image)
+    with pytest.raises(ValueError, match="a graph exported with --dynamic-size .* takes every size"):
+        fixed.estimate(image, image)
     with pytest.raises(ValueError, match="this graph was exported for 128x160, got 136x160"):
         fixed.run(image, image)
     report = export_onnx(
@@ -180,3 +185,19 @@ def test_sessions_refuse_sizes_the_graph_does_not_take(small_graphs, tmp_path, o
     padded1, padded2, _ = scene_tensors([5], 136, 176)
     result = session.run(padded1, padded2)
     assert result.flow.shape == (1, 2, 136, 176) and result.flow_low is None
+
+
+def test_flow_command_runs_a_dynamic_size_graph_on_frames_of_any_size(tmp_path, official_small, capsys):
+    report = export_onnx(
+        official_small, tmp_path / "any.onnx", iters=1, height=128, width=136, dynamic_size=True, verify=False
+    )
+    for height, width in ((130, 170), (151, 203)):
+        image1, image2, _ = scene_tensors([5], height, width)
+        frames = []
+        for k, image in enumerate((image1, image2)):
+            frames.append(tmp_path / f"{height}-{k}.png")
+            Image.fromarray(image[0].permute(1, 2, 0).to(torch.uint8).numpy()).save(frames[-1])
+        out = tmp_path / f"{height}.flo"
+        args = ["flow", *map(str, frames), "--onnx", str(report.path), "-o", str(tmp_path / "f.png"), "--flo", str(out)]
+        assert main(args) == 0, capsys.readouterr().err
+        assert read_flo(out).shape == (height, width, 2)

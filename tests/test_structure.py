@@ -160,8 +160,8 @@ ALLOWED = {
     },
     "raft_engine": {"raft_engine.errors", "raft_engine.model", "raft_engine.runtime", "raft_engine.weights"},
     "raft_engine.export": {
-        "raft_engine", "raft_engine.errors", "raft_engine.model", "raft_engine.runtime", "raft_engine.scenes",
-        "raft_engine.weights",
+        "raft_engine", "raft_engine.errors", "raft_engine.io", "raft_engine.model", "raft_engine.runtime",
+        "raft_engine.scenes", "raft_engine.weights",
     },
     "raft_engine.evaluation": {"raft_engine.errors", "raft_engine.io", "raft_engine.model", "raft_engine.runtime"},
     "raft_engine.training": {

@@ -112,6 +112,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote BENCHMARKS.md from {results}")
         return 0
 
+    from raft_engine.io.files import check_output_file
+
+    if args.json:
+        check_output_file(args.json, [".json"], what="--json")
+    if args.plot:
+        check_output_file(args.plot, [".png"], what="--plot")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda, but CUDA is not available")

@@ -33,7 +33,10 @@ def run(args: argparse.Namespace) -> None:
 
     if not 0 <= args.seed < TRAINING_SEED_START:
         raise UsageError(f"--seed must be in 0..{TRAINING_SEED_START - 1}: larger seeds are the training data's")
+    from raft_engine.io.files import check_output_folder
+
     options.check_iters(args)
+    check_output_folder(args.output, what="-o")
     model = load_model(options.weights(args))
     smallest = smallest_side(model.config.min_image_size)
     if min(args.height, args.width) < smallest:

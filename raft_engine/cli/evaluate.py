@@ -20,7 +20,8 @@ def register(commands: Any) -> None:
             options.options(
                 "iters",
                 *options.ENGINE_OPTIONS,
-                iters="refinement iterations (default: the dataset's published protocol, Sintel 32, KITTI 24)",
+                iters="refinement iterations (default: the dataset's published protocol, Sintel 32, KITTI 24; "
+                "required for --dataset list, which has none)",
                 padding="how to pad to a multiple of 8 (default: the dataset's protocol, sintel; kitti for KITTI)",
             ),
         ],
@@ -76,13 +77,21 @@ def evaluate_engine(args: argparse.Namespace) -> tuple[Any, str]:
 def _check_args(args: argparse.Namespace) -> None:
     from raft_engine.evaluation.datasets import dataset_name
 
-    dataset_name(args.dataset)  # an unknown name fails before a model loads
+    dataset = dataset_name(args.dataset)  # an unknown name fails before a model loads
     options.check_iters(args)
+    if dataset == "list" and args.iters is None and not args.onnx:
+        raise UsageError("--dataset list has no published protocol to take the iterations from: give --iters")
     options.positive("limit", args.limit)
     if args.submit and (args.json or args.split):
         raise UsageError("--submit writes the test set's flow: --json and --split apply to evaluation only")
     if args.no_warm_start and not args.submit:
         raise UsageError("--no-warm-start applies with --submit only")
+    from raft_engine.io.files import check_output_file, check_output_folder
+
+    if args.json:
+        check_output_file(args.json, [".json"], what="--json")
+    if args.submit:
+        check_output_folder(args.submit, what="--submit")
 
 
 def run(args: argparse.Namespace) -> None:

@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from raft_engine.cli import options
+from raft_engine.cli.progress import Steps
 from raft_engine.errors import UsageError
 
 _TRITON_ONLY = ("model_name", "max_batch_size", "instances", "tensorrt_fp16", "force")
@@ -80,45 +81,67 @@ def _check_args(args: argparse.Namespace) -> None:
         )
 
 
+def _check_size(args: argparse.Namespace) -> None:
+    """A fixed-size graph needs its size: named by the command's options, before any work."""
+    if args.dynamic_size:
+        if (args.height is None) != (args.width is None):
+            raise UsageError("give both --height and --width (the size to trace and verify at), or neither (256x320)")
+        return
+    if args.height is None or args.width is None:
+        raise UsageError(
+            "give --height and --width (multiples of 8): an exported graph has a fixed input size; "
+            "or --dynamic-size for one graph that takes every size"
+        )
+
+
 def run(args: argparse.Namespace) -> None:
     from raft_engine.export import export_onnx, export_triton
     from raft_engine.export.onnx_export import DEFAULT_OPSET
     from raft_engine.weights import load_model
 
     _check_args(args)
-    export_options = dict(
-        iters=options.iters(args),
-        height=args.height,
-        width=args.width,
-        dtype="fp16" if args.fp16 else "fp32",
-        opset=args.opset or DEFAULT_OPSET,
-        flow_low=args.flow_low,
-        verify=not args.no_verify,
-        corr=args.corr or "auto",
-        dynamic_size=args.dynamic_size,
-    )
-    if args.triton_repository is not None:
+    _check_size(args)
+    if args.triton_repository is None:
+        from raft_engine.io.files import check_output_file
+
+        check_output_file(args.output or "raft.onnx", [".onnx"], what="-o")
+    else:
         # The repository is checked before the model is loaded and traced: a refusal costs nothing.
         from raft_engine.export.triton_server import check_repository
 
         check_repository(args.triton_repository, args.force)
-        result = export_triton(
-            load_model(options.weights(args)),
-            args.triton_repository,
-            model_name=args.model_name or "raft",
-            max_batch_size=8 if args.max_batch_size is None else args.max_batch_size,
-            instances=1 if args.instances is None else args.instances,
-            tensorrt_fp16=args.tensorrt_fp16,
-            force=args.force,
-            **export_options,
+    with Steps("export") as step:
+        export_options = dict(
+            iters=options.iters(args),
+            height=args.height,
+            width=args.width,
+            dtype="fp16" if args.fp16 else "fp32",
+            opset=args.opset or DEFAULT_OPSET,
+            flow_low=args.flow_low,
+            verify=not args.no_verify,
+            corr=args.corr or "auto",
+            dynamic_size=args.dynamic_size,
+            progress=step,
         )
-        print(result)
-        return
-    report = export_onnx(
-        load_model(options.weights(args)),
-        args.output or "raft.onnx",
-        batch=1 if args.batch is None else args.batch,
-        dynamic_batch=args.dynamic_batch,
-        **export_options,
-    )
-    print(report)
+        step("load the model")
+        model = load_model(options.weights(args))
+        if args.triton_repository is not None:
+            result: object = export_triton(
+                model,
+                args.triton_repository,
+                model_name=args.model_name or "raft",
+                max_batch_size=8 if args.max_batch_size is None else args.max_batch_size,
+                instances=1 if args.instances is None else args.instances,
+                tensorrt_fp16=args.tensorrt_fp16,
+                force=args.force,
+                **export_options,
+            )
+        else:
+            result = export_onnx(
+                model,
+                args.output or "raft.onnx",
+                batch=1 if args.batch is None else args.batch,
+                dynamic_batch=args.dynamic_batch,
+                **export_options,
+            )
+    print(result)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raft_engine.cli import options
+from raft_engine.cli.progress import Steps
 from raft_engine.errors import UsageError
 
 if TYPE_CHECKING:
@@ -197,13 +198,15 @@ def _batch_size(args: argparse.Namespace, estimator: FlowEstimator) -> int | Non
     return args.batch_size or (DEFAULT_BATCH_SIZE if estimator.settings.device.startswith("cuda") else 1)
 
 
-def _write_pair(frames: list[Path], args: argparse.Namespace, estimator: FlowEstimator) -> tuple[int, int]:
+def _write_pair(frames: list[Path], args: argparse.Namespace, estimator: FlowEstimator, step: Steps) -> tuple[int, int]:
     """Estimate and write the flow of one pair -> the frames' (height, width)."""
     from raft_engine.io import flow_to_color, read_image, write_flo, write_image
 
     image1, image2 = read_image(frames[0]), read_image(frames[1])
     iters = None if estimator.settings.runs_own_iters else options.iters(args)
+    step("estimate")
     flow = estimator.estimate(image1, image2, iters=iters).flow[0]
+    step("write")
     write_image(Path(args.output or "flow.png"), flow_to_color(flow, args.max_magnitude))
     if args.flo:
         write_flo(args.flo, flow)
@@ -243,13 +246,28 @@ def _frame_source(args: argparse.Namespace, paths: list[Path], video_path: Path 
     return video_frames(video_path, selection) if video_path else image_frames(paths, selection)
 
 
+def _check_pair_outputs(args: argparse.Namespace) -> None:
+    """A pair's outputs, before any work: -o an image file (its suffix one Pillow writes), --flo a .flo file."""
+    from raft_engine.io.files import check_output_file
+    from raft_engine.io.images import image_format_for
+
+    output = args.output or "flow.png"
+    image_format_for(output)
+    check_output_file(output, what="-o")
+    if args.flo:
+        check_output_file(args.flo, [".flo"], what="--flo")
+
+
 def run(args: argparse.Namespace) -> None:
     paths, video_path, single_pair = _flow_input(args)
     _check_args(args, single_pair)
     if single_pair:
-        estimator = _onnx_estimator(args) if args.onnx else _engine_estimator(args)
-        start = time.perf_counter()
-        height, width = _write_pair(paths, args, estimator)
+        _check_pair_outputs(args)
+        with Steps("flow") as step:
+            step("load the model")
+            estimator = _onnx_estimator(args) if args.onnx else _engine_estimator(args)
+            start = time.perf_counter()
+            height, width = _write_pair(paths, args, estimator, step)
         where, pairs = args.output or "flow.png", 1
     else:
         source = _frame_source(args, paths, video_path)

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from raft_engine.cli import options
+from raft_engine.cli.progress import Steps
 
 
 def register(commands: Any) -> None:
@@ -31,12 +32,18 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from raft_engine.io import read_image
+    from raft_engine.io.files import check_output_folder
     from raft_engine.tools.inspection_html import write_report
     from raft_engine.weights import load_model
 
     options.check_iters(args)
+    check_output_folder(args.output, what="-o")
     image1, image2 = read_image(args.image1), read_image(args.image2)
-    engine = options.make_engine(args, load_model(options.weights(args)))
-    trace = engine.trace(image1, image2, iters=options.iters(args), pixels=args.pixel)
-    files = write_report(trace, image1, args.output)
+    with Steps("inspect") as step:
+        step("load the model")
+        engine = options.make_engine(args, load_model(options.weights(args)))
+        step("trace")
+        trace = engine.trace(image1, image2, iters=options.iters(args), pixels=args.pixel)
+        step("draw")
+        files = write_report(trace, image1, args.output)
     print(f"wrote {len(files)} files to {args.output}; open {files[-1]}")

@@ -23,7 +23,10 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from raft_engine.io.files import check_output_file
     from raft_engine.runtime.inputs import parse_device
     from raft_engine.tools.selftest import run as selftest
 
+    if args.json:
+        check_output_file(args.json, [".json"], what="--json")
     return selftest(parse_device(args.device), args.quick, args.json)

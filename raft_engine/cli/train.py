@@ -98,9 +98,13 @@ def _config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> None:
     import torch
 
+    from raft_engine.io.files import check_folder_can_be_made, check_output_folder
     from raft_engine.training.loop import package, run_finished, train
 
     config = _config(args)
+    check_output_folder(args.run_dir, what="RUN_DIR")
+    if args.package:
+        check_folder_can_be_made(args.package, what="--package")
     real_images = json.loads(Path(args.real_images).read_text()) if args.real_images else None
     train(config, args.run_dir, args.device, workers=args.workers, time_limit=args.time_limit)
     if not run_finished(args.run_dir):

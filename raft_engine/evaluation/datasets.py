@@ -26,6 +26,7 @@ iteration count, its padding, and how EPE is averaged; see `PROTOCOLS`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -56,11 +57,14 @@ class Protocol:
         published validate_kitti); otherwise the mean over all valid pixels of all pairs (as the
         published validate_sintel and validate_chairs). The fractions under 1, 3, 5 px and Fl-all are
         over all valid pixels of all pairs in both cases (validate_kitti concatenates the outliers).
+    published: whether a published evaluation defines it. A list of pairs has none: it takes KITTI's
+        padding and averaging for PNG ground truth, Sintel's for .flo, and needs its iterations given.
     """
 
     iters: int
     padding: str
     per_image_epe: bool
+    published: bool = True
 
 
 SINTEL_PROTOCOL = Protocol(iters=32, padding="sintel", per_image_epe=False)
@@ -362,7 +366,8 @@ def load_list(path: Path) -> tuple[list[Sample], Protocol]:
     kinds = {sample.flow.suffix.lower() == ".png" for sample in samples if sample.flow is not None}
     if len(kinds) > 1:
         raise InputError(f"{path} mixes .flo and KITTI PNG ground truth; give one kind per list")
-    return samples, KITTI_PROTOCOL if kinds == {True} else SINTEL_PROTOCOL
+    protocol = KITTI_PROTOCOL if kinds == {True} else SINTEL_PROTOCOL
+    return samples, dataclasses.replace(protocol, published=False)
 
 
 SPLITS = {

@@ -160,6 +160,8 @@ def _evaluate_split(
     runner: PairRunner, split: Split, iters: int | None, padding: str | None, limit: int | None, progress: bool
 ) -> dict[str, Any]:
     protocol = split.protocol
+    if not protocol.published and iters is None and not runner.settings.runs_own_iters:
+        raise InputError(f"{split.dataset} has no published protocol to take the iterations from: give iters")
     run_iters = runner.iterations(iters, protocol.iters)
     run_padding = protocol.padding if padding is None else padding
     samples = split.samples[:limit] if limit else split.samples
@@ -176,7 +178,7 @@ def _evaluate_split(
         **tally.record(protocol.per_image_epe),
         "iters": run_iters,
         "padding": run_padding,
-        "published_protocol": (run_iters, run_padding) == (protocol.iters, protocol.padding),
+        "published_protocol": protocol.published and (run_iters, run_padding) == (protocol.iters, protocol.padding),
         "epe_averaging": "per pair" if protocol.per_image_epe else "per pixel",
         "limit": limit,
         "total_pairs": len(split.samples),
