@@ -2,10 +2,11 @@
 peak memory of each, measured in a process of its own.
 
 The published code is not part of this project: give the `core` folder of a checkout of
-princeton-vl/RAFT (`--raft-core`). Both networks get the same weights: the published RAFT built with
-`torch.manual_seed(SEED)` (its default initialisation), its state dict loaded into raft-engine with
-`load_model`. The frames are padded as the published evaluation does ("sintel": replicate, split
-evenly) and the flows compared at the input size: relative L2 error and the largest difference (px).
+princeton-vl/RAFT (`--raft-core`). Both networks get the same weights, synthesised by the rule of the
+test fixtures (tests/data/README.md, seed 7, for each key of the published model's own state dict),
+loaded into the published RAFT and, with `load_model`, into raft-engine. The frames are padded as the
+published evaluation does ("sintel": replicate, split evenly) and the flows compared at the input size:
+relative L2 error and the largest difference (px).
 
     python benchmarks/published_parity.py --raft-core ~/RAFT/core --frames f16.png f17.png \\
         --json benchmarks/results/DATE-published-parity.json
@@ -20,22 +21,46 @@ import platform
 import resource
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
-SEED = 7
+SEED = 7  # the fixtures' seed of the published layouts
 PATHS = ("torch-volume", "torch-ondemand")
 
 
-def _published_model(core: Path, variant: str):
-    """The published RAFT of `variant`, imported from its `core` folder (its modules import each other
-    by top-level name, so the folder goes first on the module path of this process only)."""
+def synthetic(state: dict) -> dict:
+    """The fixtures' synthetic weights for the keys and shapes of `state` (tests/data/README.md)."""
     import torch
 
+    out = {}
+    for key, value in state.items():
+        shape = tuple(value.shape)
+        g = torch.Generator().manual_seed(SEED * 1_000_003 + zlib.crc32(key.encode()))
+        if key.endswith("num_batches_tracked"):
+            out[key] = torch.zeros(shape, dtype=torch.long)
+        elif key.endswith("running_var"):
+            out[key] = 0.5 + torch.rand(shape, generator=g)
+        elif key.endswith("running_mean"):
+            out[key] = 0.1 * torch.randn(shape, generator=g)
+        elif len(shape) == 4:
+            out[key] = torch.randn(shape, generator=g) * (1 / (shape[1] * shape[2] * shape[3])) ** 0.5
+        elif key.endswith("weight"):
+            out[key] = 1.0 + 0.1 * torch.randn(shape, generator=g)
+        else:
+            out[key] = 0.05 * torch.randn(shape, generator=g)
+    return out
+
+
+def _published_model(core: Path, variant: str):
+    """The published RAFT of `variant` with the synthetic weights, imported from its `core` folder (its
+    modules import each other by top-level name, so the folder goes first on the module path of this
+    process only)."""
     sys.path.insert(0, str(core))
     published = importlib.import_module("raft")
     args = argparse.Namespace(small=variant == "small", mixed_precision=False, alternate_corr=False, dropout=0.0)
-    torch.manual_seed(SEED)
-    return published.RAFT(args).eval()
+    model = published.RAFT(args).eval()
+    model.load_state_dict(synthetic(model.state_dict()))
+    return model
 
 
 def _run_one(core: Path, frames: list[Path], variant: str, path: str, iters: int) -> dict:

@@ -41,6 +41,7 @@ from torch import nn
 from raft_engine.errors import ExportError, InputError, InputTypeError
 from raft_engine.export.limits import MAX_DYNAMIC_SIDE, MAX_TENSOR_ELEMENTS, check_tensors, dense_volume_elements
 from raft_engine.io.files import check_output_file
+from raft_engine.model.consistency import ALPHA1, ALPHA2, check_alphas, forward_backward_check
 from raft_engine.model.correlation import OnDemandCorrelation, corr_ondemand_gather, dense_pyramid_bytes
 from raft_engine.model.raft import RAFT
 from raft_engine.runtime.inputs import positive_int
@@ -59,6 +60,9 @@ DYNAMIC_TRACE_SIZE = (256, 320)
 # model's own drift, measured 1.4e-3 (RAFT-small) and 4.3e-4 (RAFT-large) with synthetic weights on a
 # generated 128x160 pair, 6 iterations.
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3}
+# A bidirectional graph's masks against PyTorch's: the fraction of pixels that may differ (those on the
+# check's threshold flip with the flows' last bits).
+MASK_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -97,16 +101,39 @@ class ExportReport:
         return f"{self.height}x{self.width}"
 
 
+def output_names(flow_low: bool, bidirectional: bool) -> tuple[str, ...]:
+    """The graph's outputs, in order."""
+    if not bidirectional:
+        return ("flow", "flow_low") if flow_low else ("flow",)
+    both = ("flow", "flow_backward", "occlusion", "occlusion_backward")
+    return (*both, "flow_low", "flow_low_backward") if flow_low else both
+
+
 class _Exported(nn.Module):
-    def __init__(self, model: RAFT, iters: int, flow_low: bool) -> None:
+    """What the graph computes: RAFT's forward with a fixed iteration count; bidirectional, both directions
+    and the forward-backward check's masks (over the padded input the graph sees)."""
+
+    def __init__(
+        self, model: RAFT, iters: int, flow_low: bool, bidirectional: bool = False, alphas: tuple[float, float] = (0, 0)
+    ) -> None:
         super().__init__()
         self.model = model
         self.iters = iters
         self.flow_low = flow_low
+        self.bidirectional = bidirectional
+        self.alphas = alphas
 
-    def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        output = self.model(image1, image2, iters=self.iters)
-        return (output.flow, output.flow_low) if self.flow_low else output.flow
+    def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if not self.bidirectional:
+            output = self.model(image1, image2, iters=self.iters)
+            return (output.flow, output.flow_low) if self.flow_low else output.flow
+        output = self.model.forward_bidirectional(image1, image2, iters=self.iters)
+        batch = image1.shape[0]
+        forward, backward = output.flow[:batch], output.flow[batch:]
+        occlusion = forward_backward_check(forward, backward, *self.alphas)
+        occlusion_backward = forward_backward_check(backward, forward, *self.alphas)
+        flows = (forward, backward, occlusion, occlusion_backward)
+        return (*flows, output.flow_low[:batch], output.flow_low[batch:]) if self.flow_low else flows
 
 
 def reference_model(model: RAFT, corr: str = "volume") -> RAFT:
@@ -187,6 +214,9 @@ def export_onnx(
     dynamic_size: bool = False,
     corr_budget: float = DEFAULT_CORR_BUDGET,
     progress: Callable[[str], None] | None = None,
+    bidirectional: bool = False,
+    alpha1: float = ALPHA1,
+    alpha2: float = ALPHA2,
 ) -> ExportReport:
     """Export `model` to ONNX with a fixed iteration count; see the module docstring.
 
@@ -203,6 +233,10 @@ def export_onnx(
     dynamic_size: one graph for any height and width, multiples of 8 from the model's minimum to 8192.
     verify: run ONNX Runtime (CPU) on a generated pair and compare with PyTorch float32 (a dynamic-size
         graph also at the smallest size it takes); an error above `TOLERANCE[dtype]` raises ExportError.
+    bidirectional: both directions in one graph (`RAFT.forward_bidirectional`), with outputs flow,
+        flow_backward, occlusion, occlusion_backward (bool, the forward-backward check with alpha1 and
+        alpha2 over the padded input), and flow_low, flow_low_backward with flow_low. Its correlation runs
+        2B pairs at once: the dense volume's limits count them.
     """
     if not isinstance(model, RAFT):
         raise InputTypeError(f"model must be a raft_engine.RAFT (see load_model), got {type(model).__name__}")
@@ -212,21 +246,24 @@ def export_onnx(
     stage = progress or (lambda name: None)
     if dtype not in ONNX_DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; expected one of {tuple(ONNX_DTYPES)}")
+    check_alphas(alpha1, alpha2)
     opset = _check_opset(opset)
     # torch.export specialises a batch dimension of 1, so a dynamic batch is traced with two pairs.
     traced_batch = max(batch, 2) if dynamic_batch else batch
-    corr, reason = resolve_corr(corr, model.config, traced_batch, height, width, dynamic_size, corr_budget)
+    pairs = 2 * traced_batch if bidirectional else traced_batch  # what the correlation runs at once
+    corr, reason = resolve_corr(corr, model.config, pairs, height, width, dynamic_size, corr_budget)
     log.info("export: %s correlation (%s)", corr, reason)
     # Refused before any tracing: past 2^31-1 elements, a tensor is out of reach of ONNX Runtime's 32-bit
     # indexing on the GPU (the dense volume first of all, and verification on the CPU would build it).
     advice = None
     if traced_batch != batch:
         advice = f"dynamic_batch=True traces the graph with {traced_batch} pairs: export a fixed batch of 1"
-    check_tensors(corr, traced_batch, height, width, model.config.variant, advice)
-    exported = _Exported(reference_model(model, corr).to_compute_dtype(ONNX_DTYPES[dtype]), iters, flow_low).eval()
+    check_tensors(corr, pairs, height, width, model.config.variant, advice)
+    reference = reference_model(model, corr).to_compute_dtype(ONNX_DTYPES[dtype])
+    exported = _Exported(reference, iters, flow_low, bidirectional, (alpha1, alpha2)).eval()
     # Generated scenes: realistic inputs for tracing and verification.
     image1, image2, _ = scene_tensors(range(traced_batch), height, width)
-    outputs = ("flow", "flow_low") if flow_low else ("flow",)
+    outputs = output_names(flow_low, bidirectional)
     stage("trace")
     onnx_model = _trace(exported, image1, image2, outputs, opset, corr, dynamic_batch, dynamic_size)
     stage("check")
@@ -242,6 +279,9 @@ def export_onnx(
         "raft_engine.dtype": dtype,
         "raft_engine.corr": corr,
         "raft_engine.outputs": ",".join(outputs),
+        "raft_engine.bidirectional": "true" if bidirectional else "false",
+        "raft_engine.alpha1": repr(float(alpha1)),
+        "raft_engine.alpha2": repr(float(alpha2)),
         "raft_engine.input": "image1, image2: float32 (B, 3, H, W) RGB in 0..255; the graph normalises "
         "with 2 * (x / 255) - 1. H, W: "
         + (
@@ -265,11 +305,13 @@ def export_onnx(
         relative = max_abs = None
         if verify:
             stage("verify")
-            relative, max_abs = _verify(model, staged, image1, image2, iters, outputs, corr)
+            relative, max_abs = _verify(model, staged, image1, image2, iters, outputs, corr, (alpha1, alpha2))
             if dynamic_size:  # the same file at another size: the smallest it takes, not square
                 minimum = model.config.min_image_size
                 small1, small2, _ = scene_tensors(range(1), minimum, minimum + 8)
-                small_relative, small_max = _verify(model, staged, small1, small2, iters, outputs, corr)
+                small_relative, small_max = _verify(
+                    model, staged, small1, small2, iters, outputs, corr, (alpha1, alpha2)
+                )
                 relative, max_abs = max(relative, small_relative), max(max_abs, small_max)
             if not relative <= TOLERANCE[dtype]:
                 raise ExportError(
@@ -429,14 +471,24 @@ def _check_graph(model, dynamic_batch: bool, dynamic_size: bool, batch: int, hei
 
 
 def _verify(
-    model: RAFT, path: Path, image1: torch.Tensor, image2: torch.Tensor, iters: int, outputs, corr: str
+    model: RAFT,
+    path: Path,
+    image1: torch.Tensor,
+    image2: torch.Tensor,
+    iters: int,
+    outputs: tuple[str, ...],
+    corr: str,
+    alphas: tuple[float, float] = (ALPHA1, ALPHA2),
 ) -> tuple[float, float]:
+    """ONNX Runtime (CPU) against PyTorch float32 on one input -> (relative L2 error of the flows, the
+    largest difference in px). A bidirectional graph's masks must agree on all but MASK_TOLERANCE of the
+    pixels (a pixel on the check's threshold may flip with the flows' last bits)."""
     import onnxruntime
 
     from raft_engine.export.ort_session import quiet_session_options
 
     session = onnxruntime.InferenceSession(str(path), quiet_session_options(), providers=["CPUExecutionProvider"])
-    result = session.run(None, {"image1": image1.numpy(), "image2": image2.numpy()})
+    result = dict(zip(outputs, session.run(None, {"image1": image1.numpy(), "image2": image2.numpy()}), strict=True))
     # The judge: PyTorch float32 with the dense volume, or for an on-demand graph FlowEngine's own
     # on-demand reference (`corr_ondemand_ref`, grid_sample on the pooled features; tested equal to the
     # dense path), not the graph's formulation, and no volume at sizes where it would not fit.
@@ -446,15 +498,33 @@ def _verify(
         judge = RAFT(config, **judge.parts(), correlation=OnDemandCorrelation(config.corr_levels, config.corr_radius))
     else:
         judge = RAFT(model.config, **judge.parts())
+    batch = image1.shape[0]
     with torch.no_grad():
-        expected = judge(image1, image2, iters=iters)
+        if "flow_backward" in outputs:
+            both = judge.forward_bidirectional(image1, image2, iters=iters)
+            expected = {"flow": both.flow[:batch], "flow_backward": both.flow[batch:]}
+            expected.update(flow_low=both.flow_low[:batch], flow_low_backward=both.flow_low[batch:])
+            expected["occlusion"] = forward_backward_check(expected["flow"], expected["flow_backward"], *alphas)
+            expected["occlusion_backward"] = forward_backward_check(
+                expected["flow_backward"], expected["flow"], *alphas
+            )
+        else:
+            one = judge(image1, image2, iters=iters)
+            expected = {"flow": one.flow, "flow_low": one.flow_low}
 
     def relative_error(actual: np.ndarray, wanted: np.ndarray) -> float:
         error = float(np.linalg.norm(actual - wanted) / max(np.linalg.norm(wanted), 1e-12))
         return error if math.isfinite(error) else float("inf")  # NaN must fail the check, not pass it
 
-    flow = expected.flow.numpy()
-    relative = relative_error(result[0], flow)
-    if "flow_low" in outputs:
-        relative = max(relative, relative_error(result[1], expected.flow_low.numpy()))
-    return relative, float(np.abs(result[0] - flow).max())
+    relative, largest = 0.0, 0.0
+    for name in outputs:
+        wanted = expected[name].numpy()
+        if name.startswith("occlusion"):
+            disagreeing = float((result[name] != wanted).mean())
+            if disagreeing > MASK_TOLERANCE:
+                raise ExportError(f"ONNX Runtime's {name} differs from PyTorch's at {disagreeing:.2%} of the pixels")
+            continue
+        relative = max(relative, relative_error(result[name], wanted))
+        if not name.startswith("flow_low"):
+            largest = max(largest, float(np.abs(result[name] - wanted).max()))
+    return relative, largest

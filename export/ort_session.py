@@ -22,7 +22,8 @@ import torch
 
 from raft_engine.errors import FileFormatError, InputError, MissingFileError, ProviderError
 from raft_engine.export.limits import DEFAULT_MIN_SIZE, MAX_DYNAMIC_SIDE, check_tensors
-from raft_engine.model.raft import FlowResult
+from raft_engine.model.consistency import ALPHA1, ALPHA2, check_alphas, forward_backward_check
+from raft_engine.model.raft import BidirectionalResult, FlowResult
 from raft_engine.runtime.estimator import EstimatorSettings, check_fixed_iters, pairwise_sequence
 from raft_engine.runtime.inputs import ArrayLike, ImageLike, Padder, check_padding, check_pair, to_image_batch
 
@@ -271,6 +272,8 @@ class OrtFlowSession:
             # run; a dynamic one is checked per call, but must at least fit one pair.
             check_tensors(self.corr, self.batch or 1, self.height, self.width, self.variant)
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.bidirectional_graph = meta.get("raft_engine.bidirectional") == "true"
+        self.alphas = (float(meta.get("raft_engine.alpha1", ALPHA1)), float(meta.get("raft_engine.alpha2", ALPHA2)))
         if cuda_graph and (self.batch is None or self.dynamic_size):
             raise InputError("cuda_graph=True needs a graph exported with a fixed batch and size")
         self.cuda_graph = cuda_graph
@@ -366,6 +369,12 @@ class OrtFlowSession:
         check_fixed_iters(self.settings, iters, str(self.path))
         if flow_init is not None:
             raise InputError(f"{self.path} has no flow_init input: warm start is not available with an exported graph")
+        padded1, padded2, padder = self._padded(image1, image2)
+        result = self._run(padded1, padded2)
+        return FlowResult(flow=padder.unpad(result["flow"]), flow_low=result.get("flow_low"))
+
+    def _padded(self, image1: ImageLike, image2: ImageLike) -> tuple[torch.Tensor, torch.Tensor, Padder]:
+        """Convert, check and pad a pair to a size the graph takes -> the padded pair and its padder."""
         batch1, batch2 = to_image_batch(image1, "image1"), to_image_batch(image2, "image2")
         check_pair(batch1, batch2)
         height, width = batch1.shape[-2:]
@@ -375,9 +384,41 @@ class OrtFlowSession:
         except InputError as error:
             padded = f"{padder.padded_size[0]}x{padder.padded_size[1]}"
             raise InputError(f"images of {height}x{width} pad to {padded}: {error}") from None
-        result = self._run(padder.pad(batch1).contiguous(), padder.pad(batch2).contiguous())
-        flow_low = result.flow_low
-        return FlowResult(flow=padder.unpad(result.flow), flow_low=flow_low)
+        return padder.pad(batch1).contiguous(), padder.pad(batch2).contiguous(), padder
+
+    def bidirectional(
+        self,
+        image1: ImageLike,
+        image2: ImageLike,
+        iters: int | None = None,
+        flow_init: tuple[ArrayLike, ArrayLike] | None = None,
+        alpha1: float = ALPHA1,
+        alpha2: float = ALPHA2,
+    ) -> BidirectionalResult:
+        """Both directions and the forward-backward check's masks, from a graph exported with
+        bidirectional=True. The graph checks over the padded input with its own constants; where the
+        images were padded or other constants are asked for, the masks are computed here from the cropped
+        flows instead, as FlowEngine does, so that the results are the engine's either way."""
+        if not self.bidirectional_graph:
+            raise InputError(f"{self.path} was exported one-way: export it with --bidirectional (bidirectional=True)")
+        check_alphas(alpha1, alpha2)
+        check_fixed_iters(self.settings, iters, str(self.path))
+        if flow_init is not None:
+            raise InputError(f"{self.path} has no flow_init input: warm start is not available with an exported graph")
+        padded1, padded2, padder = self._padded(image1, image2)
+        result = self._run(padded1, padded2)
+        forward, backward = padder.unpad(result["flow"]), padder.unpad(result["flow_backward"])
+        if any(padder.pads) or (alpha1, alpha2) != self.alphas:
+            occlusion = forward_backward_check(forward, backward, alpha1, alpha2)
+            occlusion_backward = forward_backward_check(backward, forward, alpha1, alpha2)
+        else:
+            occlusion, occlusion_backward = result["occlusion"], result["occlusion_backward"]
+        return BidirectionalResult(
+            forward=FlowResult(flow=forward, flow_low=result.get("flow_low")),
+            backward=FlowResult(flow=backward, flow_low=result.get("flow_low_backward")),
+            occlusion=occlusion,
+            occlusion_backward=occlusion_backward,
+        )
 
     def sequence(
         self,
@@ -385,19 +426,23 @@ class OrtFlowSession:
         iters: int | None = None,
         warm_start: bool = False,
         batch_size: int | None = None,
-    ) -> Iterator[FlowResult]:
+        bidirectional: bool = False,
+        alpha1: float = ALPHA1,
+        alpha2: float = ALPHA2,
+    ) -> Iterator[Any]:
         """The flow of each consecutive pair of `frames`, pair by pair (see `pairwise_sequence`)."""
-        return pairwise_sequence(self, frames, iters, warm_start, batch_size)
+        return pairwise_sequence(self, frames, iters, warm_start, batch_size, bidirectional, alpha1, alpha2)
 
-    def run(self, image1: ImageLike, image2: ImageLike) -> FlowResult:
+    def run(self, image1: ImageLike, image2: ImageLike) -> dict[str, torch.Tensor]:
         """The graph on images already padded to a size it takes (see `check_input_size`), without
-        padding or cropping: flow (B, 2, H, W), and flow_low if the graph has it."""
+        padding or cropping -> its outputs by name: flow (B, 2, H, W), flow_low if the graph has it, the
+        backward flows and masks of a bidirectional graph."""
         batch1, batch2 = to_image_batch(image1, "image1"), to_image_batch(image2, "image2")
         check_pair(batch1, batch2)
         self.check_input_size(*batch1.shape[-2:])
         return self._run(batch1.contiguous(), batch2.contiguous())
 
-    def _run(self, padded1: torch.Tensor, padded2: torch.Tensor) -> FlowResult:
+    def _run(self, padded1: torch.Tensor, padded2: torch.Tensor) -> dict[str, torch.Tensor]:
         batch = padded1.shape[0]
         if self.batch is not None and batch != self.batch:
             raise InputError(f"this graph was exported for batch {self.batch}, got {batch} pair(s)")
@@ -415,7 +460,7 @@ class OrtFlowSession:
         else:
             result = self.session.run(None, {"image1": padded1.cpu().numpy(), "image2": padded2.cpu().numpy()})
             outputs = [torch.from_numpy(r).to(padded1.device) for r in result]
-        return FlowResult(flow=outputs[0], flow_low=outputs[1] if len(outputs) > 1 else None)
+        return dict(zip(self.outputs, outputs, strict=True))
 
     def __call__(self, image1: ImageLike, image2: ImageLike) -> torch.Tensor:
         return self.estimate(image1, image2).flow
@@ -423,22 +468,31 @@ class OrtFlowSession:
     def _run_bound(self, image1: torch.Tensor, image2: torch.Tensor) -> list[torch.Tensor]:
         batch, _, height, width = image1.shape
         device = image1.device
-        shapes = {"flow": (batch, 2, height, width), "flow_low": (batch, 2, height // 8, width // 8)}
+        flow, low = (batch, 2, height, width), (batch, 2, height // 8, width // 8)
+        shapes: dict[str, tuple[int, ...]] = {"flow": flow, "flow_backward": flow, "flow_low": low}
+        shapes["flow_low_backward"] = low
+        shapes.update(occlusion=(batch, height, width), occlusion_backward=(batch, height, width))
+
+        def output_buffer(name: str) -> torch.Tensor:
+            dtype = torch.bool if name.startswith("occlusion") else torch.float32
+            return torch.empty(shapes[name], device=device, dtype=dtype)
+
         if self.cuda_graph:
             # ONNX Runtime replays its graph on the buffers it was recorded with: keep them fixed.
             if not self._static:
                 self._static = {"image1": torch.empty_like(image1), "image2": torch.empty_like(image2)}
-                self._static.update({n: torch.empty(shapes[n], device=device) for n in self.outputs})
+                self._static.update({n: output_buffer(n) for n in self.outputs})
             self._static["image1"].copy_(image1)
             self._static["image2"].copy_(image2)
             buffers = self._static
         else:
             buffers = {"image1": image1, "image2": image2}
-            buffers.update({n: torch.empty(shapes[n], device=device) for n in self.outputs})
+            buffers.update({n: output_buffer(n) for n in self.outputs})
         binding = self.session.io_binding()
         for name, tensor in buffers.items():
             bind = binding.bind_input if name.startswith("image") else binding.bind_output
-            bind(name, "cuda", self.device_id, np.float32, tuple(tensor.shape), tensor.data_ptr())
+            element = np.bool_ if tensor.dtype == torch.bool else np.float32
+            bind(name, "cuda", self.device_id, element, tuple(tensor.shape), tensor.data_ptr())
         torch.cuda.current_stream(device).synchronize()  # inputs written by torch before ONNX Runtime reads them
         self.session.run_with_iobinding(binding)
         outputs = [buffers[n] for n in self.outputs]

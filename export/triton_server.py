@@ -34,7 +34,8 @@ from raft_engine.export.onnx_export import (
     export_onnx,
     resolve_corr,
 )
-from raft_engine.model.raft import RAFT, FlowResult
+from raft_engine.model.consistency import ALPHA1, ALPHA2, check_alphas, forward_backward_check
+from raft_engine.model.raft import RAFT, BidirectionalResult, FlowResult
 from raft_engine.runtime.estimator import EstimatorSettings, pairwise_sequence
 from raft_engine.runtime.inputs import (
     ArrayLike,
@@ -326,6 +327,37 @@ class TritonFlowClient:
             )
         if flow_init is not None:
             raise InputError(f"{self.describe()} has no flow_init input: warm start is not available")
+        outputs, padder = self._infer(image1, image2)
+        flow_low = outputs.get("flow_low")
+        return FlowResult(flow=padder.unpad(outputs["flow"]), flow_low=flow_low)
+
+    def bidirectional(
+        self,
+        image1: ImageLike,
+        image2: ImageLike,
+        iters: int | None = None,
+        flow_init: tuple[ArrayLike, ArrayLike] | None = None,
+        alpha1: float = ALPHA1,
+        alpha2: float = ALPHA2,
+    ) -> BidirectionalResult:
+        """Both directions, from a served graph exported with bidirectional=True; the masks are computed here
+        from the cropped flows (FlowEngine's results, whatever the padding)."""
+        check_alphas(alpha1, alpha2)
+        if iters is not None or flow_init is not None:
+            raise InputError(f"{self.describe()} runs its graph as exported: leave iters and flow_init unset")
+        if "flow_backward" not in self._served()["outputs"]:
+            raise InputError(f"model {self.model_name!r} is one-way: serve a graph exported with --bidirectional")
+        outputs, padder = self._infer(image1, image2)
+        forward, backward = padder.unpad(outputs["flow"]), padder.unpad(outputs["flow_backward"])
+        return BidirectionalResult(
+            forward=FlowResult(flow=forward, flow_low=outputs.get("flow_low")),
+            backward=FlowResult(flow=backward, flow_low=outputs.get("flow_low_backward")),
+            occlusion=forward_backward_check(forward, backward, alpha1, alpha2),
+            occlusion_backward=forward_backward_check(backward, forward, alpha1, alpha2),
+        )
+
+    def _infer(self, image1: ImageLike, image2: ImageLike) -> tuple[dict[str, torch.Tensor], Padder]:
+        """One request of a padded pair -> the served graph's outputs by name (CPU tensors), and the padder."""
         import tritonclient.http as httpclient
 
         batch1, batch2 = to_image_batch(image1, "image1"), to_image_batch(image2, "image2")
@@ -353,9 +385,7 @@ class TritonFlowClient:
             result = client.infer(self.model_name, inputs, outputs=requested)
         finally:
             client.close()
-        flow = padder.unpad(torch.from_numpy(np.array(result.as_numpy("flow"))))
-        flow_low = torch.from_numpy(np.array(result.as_numpy("flow_low"))) if "flow_low" in names else None
-        return FlowResult(flow=flow, flow_low=flow_low)
+        return {name: torch.from_numpy(np.array(result.as_numpy(name))) for name in names}, padder
 
     def sequence(
         self,
@@ -363,9 +393,12 @@ class TritonFlowClient:
         iters: int | None = None,
         warm_start: bool = False,
         batch_size: int | None = None,
-    ) -> Iterator[FlowResult]:
+        bidirectional: bool = False,
+        alpha1: float = ALPHA1,
+        alpha2: float = ALPHA2,
+    ) -> Iterator[Any]:
         """The flow of each consecutive pair of `frames`, pair by pair (see `pairwise_sequence`)."""
-        return pairwise_sequence(self, frames, iters, warm_start, batch_size)
+        return pairwise_sequence(self, frames, iters, warm_start, batch_size, bidirectional, alpha1, alpha2)
 
 
 def triton_flow(

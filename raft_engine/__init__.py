@@ -4,7 +4,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from raft_engine.errors import RaftEngineError
 from raft_engine.model.config import RAFTConfig
-from raft_engine.model.raft import RAFT, FlowResult, RAFTOutput
+from raft_engine.model.consistency import forward_backward_check
+from raft_engine.model.raft import RAFT, BidirectionalResult, FlowResult, RAFTOutput
 from raft_engine.runtime.engine import FlowEngine
 from raft_engine.runtime.estimator import EstimatorSettings, FlowEstimator
 from raft_engine.runtime.options import EngineOptions
@@ -17,6 +18,7 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
 
 __all__ = [
     "PRESETS",
+    "BidirectionalResult",
     "EngineOptions",
     "EstimatorSettings",
     "FlowEngine",
@@ -26,6 +28,7 @@ __all__ = [
     "RAFTConfig",
     "RAFTOutput",
     "RaftEngineError",
+    "forward_backward_check",
     "load_model",
     "__version__",
 ]

@@ -82,8 +82,11 @@ class Oracle:
     def describe(self, height=None, width=None) -> str:
         return "the oracle"
 
-    def sequence(self, frames, iters=None, warm_start=False, batch_size=None):
-        return pairwise_sequence(self, frames, iters, warm_start, batch_size)
+    def sequence(self, frames, iters=None, warm_start=False, batch_size=None, bidirectional=False, **alphas):
+        return pairwise_sequence(self, frames, iters, warm_start, batch_size, bidirectional, **alphas)
+
+    def bidirectional(self, image1, image2, iters=None, flow_init=None, alpha1=0.01, alpha2=0.5):
+        raise AssertionError("evaluation runs one direction")
 
     def answer(self, image1: np.ndarray, flow: np.ndarray) -> None:
         self.flows[image1.tobytes()] = np.asarray(flow, np.float32)

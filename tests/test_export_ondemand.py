@@ -184,7 +184,7 @@ def test_sessions_refuse_sizes_the_graph_does_not_take(small_graphs, tmp_path, o
     # run() takes a padded batch as it is and returns the padded flow.
     padded1, padded2, _ = scene_tensors([5], 136, 176)
     result = session.run(padded1, padded2)
-    assert result.flow.shape == (1, 2, 136, 176) and result.flow_low is None
+    assert result["flow"].shape == (1, 2, 136, 176) and "flow_low" not in result
 
 
 def test_flow_command_runs_a_dynamic_size_graph_on_frames_of_any_size(tmp_path, official_small, capsys):

@@ -45,6 +45,12 @@ def register(commands: Any) -> None:
     export.add_argument("--fp16", action="store_true", help="encoders and update block in float16")
     export.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default 18)")
     export.add_argument("--flow-low", action="store_true", help="also output the 1/8-resolution flow")
+    export.add_argument(
+        "--bidirectional",
+        action="store_true",
+        help="one graph for both directions: outputs flow, flow_backward, occlusion, occlusion_backward (the "
+        "forward-backward check's masks)",
+    )
     export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check against PyTorch")
     triton = export.add_argument_group("Triton Inference Server model repository")
     triton.add_argument(
@@ -121,6 +127,7 @@ def run(args: argparse.Namespace) -> None:
             verify=not args.no_verify,
             corr=args.corr or "auto",
             dynamic_size=args.dynamic_size,
+            bidirectional=args.bidirectional,
             progress=step,
         )
         step("load the model")

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from raft_engine.io.flow_outputs import SequenceOutputs
     from raft_engine.io.frames import FrameSource
+    from raft_engine.model.raft import BidirectionalResult
     from raft_engine.runtime.estimator import FlowEstimator
 
 # Pairs per batch of `flow` on a sequence when --batch-size is not given: FlowEngine.sequence's default
@@ -74,7 +75,53 @@ def register(commands: Any) -> None:
         help="flow length drawn at full saturation (default: each image's own maximum)",
     )
     _add_sequence_options(flow)
+    _add_direction_options(flow)
     flow.set_defaults(run=run)
+
+
+# A pair's outputs of the backward flow and the masks: (option, what it takes, what it is).
+_PAIR_DIRECTION_OPTIONS = {
+    "backward": "a picture of the flow image2 -> image1 (PNG, ...)",
+    "flo_back": "the flow image2 -> image1 as Middlebury .flo",
+    "occlusion": "a 1-bit PNG mask, white where a pixel of image1 fails the forward-backward check or leaves image2",
+    "occlusion_back": "the same mask for the pixels of image2",
+}
+
+
+def _add_direction_options(flow: argparse.ArgumentParser) -> None:
+    """flow's options for both directions and the forward-backward check's masks."""
+    group = flow.add_argument_group("both directions and occlusion")
+    for name, help_text in _PAIR_DIRECTION_OPTIONS.items():
+        group.add_argument(f"--{name.replace('_', '-')}", metavar="PATH", help=f"a pair: also {help_text}")
+    group.add_argument(
+        "--bidirectional",
+        action="store_true",
+        help="sequences: both directions of each pair, the backward files beside the forward ones as "
+        "STEM.backward.EXT (a video shows the forward flow only)",
+    )
+    group.add_argument(
+        "--occlusion-dir",
+        metavar="DIR",
+        help="with --bidirectional: each pair's masks, 1-bit PNG, STEM.png (image 1) and STEM.backward.png (image 2)",
+    )
+
+
+def _direction_options(args: argparse.Namespace) -> list[str]:
+    return [f"--{name.replace('_', '-')}" for name in _PAIR_DIRECTION_OPTIONS if getattr(args, name) is not None]
+
+
+def _check_direction_args(args: argparse.Namespace, single_pair: bool) -> None:
+    given = _direction_options(args)
+    if given and not single_pair:
+        raise UsageError(
+            f"{', '.join(given)} apply to a pair; for a sequence give --bidirectional and --occlusion-dir DIR"
+        )
+    if args.occlusion_dir is not None and not args.bidirectional:
+        raise UsageError("--occlusion-dir needs --bidirectional: the masks come from the forward-backward check")
+    if args.warm_start and args.bidirectional:
+        raise UsageError(
+            "--warm-start and --bidirectional do not go together: a warm start carries the forward flow only"
+        )
 
 
 def _add_sequence_options(flow: argparse.ArgumentParser) -> None:
@@ -116,6 +163,7 @@ def _check_args(args: argparse.Namespace, single_pair: bool) -> None:
         raise UsageError(f"--fps must be a positive frame rate, got {args.fps}")
     if args.flo is not None and args.flo_dir is not None:
         raise UsageError("give --flo or --flo-dir, not both: for a sequence they are the same folder")
+    _check_direction_args(args, single_pair)
 
 
 def _flow_input(args: argparse.Namespace) -> tuple[list[Path], Path | None, bool]:
@@ -133,7 +181,7 @@ def _flow_input(args: argparse.Namespace) -> tuple[list[Path], Path | None, bool
             raise UsageError(f"no such video file: {videos[0]}")
         return [], videos[0], False
     frames, single_pair = collect_frames(args.frames)
-    sequence_only = (args.flo_dir, args.png_dir, args.start, args.end, args.every, args.fps)
+    sequence_only = (args.flo_dir, args.png_dir, args.start, args.end, args.every, args.fps, args.occlusion_dir)
     if any(value is not None for value in sequence_only) or is_video_path(args.output):
         single_pair = False
     return frames, None, single_pair
@@ -151,6 +199,8 @@ def _sequence_outputs(args: argparse.Namespace, video_input: bool) -> SequenceOu
         image_dir=None if is_video_path(output) else Path(output),
         flo_dir=Path(flo) if flo else None,
         kitti_dir=Path(args.png_dir) if args.png_dir else None,
+        occlusion_dir=Path(args.occlusion_dir) if args.occlusion_dir else None,
+        bidirectional=args.bidirectional,
         max_magnitude=args.max_magnitude,
     ).prepare()
 
@@ -205,13 +255,34 @@ def _write_pair(frames: list[Path], args: argparse.Namespace, estimator: FlowEst
     image1, image2 = read_image(frames[0]), read_image(frames[1])
     iters = None if estimator.settings.runs_own_iters else options.iters(args)
     step("estimate")
-    flow = estimator.estimate(image1, image2, iters=iters).flow[0]
+    both = None
+    if args.bidirectional or _direction_options(args):
+        both = estimator.bidirectional(image1, image2, iters=iters)
+        flow = both.forward.flow[0]
+    else:
+        flow = estimator.estimate(image1, image2, iters=iters).flow[0]
     step("write")
     write_image(Path(args.output or "flow.png"), flow_to_color(flow, args.max_magnitude))
     if args.flo:
         write_flo(args.flo, flow)
+    if both is not None:
+        _write_pair_directions(args, both)
     height, width = image1.shape[:2]
     return height, width
+
+
+def _write_pair_directions(args: argparse.Namespace, both: BidirectionalResult) -> None:
+    from raft_engine.io import flow_to_color, write_flo, write_image, write_mask
+
+    backward = both.backward.flow[0]
+    if args.backward:
+        write_image(Path(args.backward), flow_to_color(backward, args.max_magnitude))
+    if args.flo_back:
+        write_flo(args.flo_back, backward)
+    if args.occlusion:
+        write_mask(args.occlusion, both.occlusion[0])
+    if args.occlusion_back:
+        write_mask(args.occlusion_back, both.occlusion_backward[0])
 
 
 def _write_sequence(
@@ -230,12 +301,20 @@ def _write_sequence(
     # disable=None: tqdm shows the bar on a terminal only.
     with outputs.open(fps), tqdm(total=total, desc="flow", unit="pair", disable=None, file=sys.stderr) as bar:
         iters = None if estimator.settings.runs_own_iters else options.iters(args)
-        pairs = estimator.sequence(
-            frames, iters=iters, warm_start=args.warm_start, batch_size=_batch_size(args, estimator)
-        )
-        for k, result in enumerate(pairs):
-            outputs.write(source.stem(k), result.flow[0])
-            bar.update(1)
+        batch_size = _batch_size(args, estimator)
+        if args.bidirectional:
+            both_ways = estimator.sequence(frames, iters=iters, batch_size=batch_size, bidirectional=True)
+            for k, both in enumerate(both_ways):
+                outputs.write(
+                    source.stem(k), both.forward.flow[0], both.backward.flow[0], both.occlusion[0],
+                    both.occlusion_backward[0],
+                )  # fmt: skip
+                bar.update(1)
+        else:
+            pairs = estimator.sequence(frames, iters=iters, warm_start=args.warm_start, batch_size=batch_size)
+            for k, result in enumerate(pairs):
+                outputs.write(source.stem(k), result.flow[0])
+                bar.update(1)
     return outputs.written
 
 
@@ -256,6 +335,14 @@ def _check_pair_outputs(args: argparse.Namespace) -> None:
     check_output_file(output, what="-o")
     if args.flo:
         check_output_file(args.flo, [".flo"], what="--flo")
+    if args.backward:
+        image_format_for(args.backward)
+        check_output_file(args.backward, what="--backward")
+    if args.flo_back:
+        check_output_file(args.flo_back, [".flo"], what="--flo-back")
+    for name in ("occlusion", "occlusion_back"):
+        if getattr(args, name):
+            check_output_file(getattr(args, name), [".png"], what=f"--{name.replace('_', '-')}")
 
 
 def run(args: argparse.Namespace) -> None:

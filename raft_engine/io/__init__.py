@@ -16,7 +16,7 @@ from raft_engine.io.flow_files import (
     write_flo,
     write_kitti_flow,
 )
-from raft_engine.io.images import read_image, write_image
+from raft_engine.io.images import read_image, write_image, write_mask
 from raft_engine.io.video import VIDEO_SUFFIXES, VideoReader, VideoWriter, read_video, video_codec, write_video
 from raft_engine.io.visualize import color_wheel, flow_to_color
 
@@ -38,5 +38,6 @@ __all__ = [
     "write_flo",
     "write_image",
     "write_kitti_flow",
+    "write_mask",
     "write_video",
 ]

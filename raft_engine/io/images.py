@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,3 +73,18 @@ def _reason(error: BaseException) -> str:
     """A library error's first line, without an errno prefix."""
     text = getattr(error, "strerror", None) or str(error) or type(error).__name__
     return str(text).splitlines()[0]
+
+
+def write_mask(path: str | os.PathLike, mask: Any) -> None:
+    """(H, W) bool (or a torch tensor of it) -> a 1-bit PNG, white where True, written atomically."""
+    from PIL import Image
+
+    if hasattr(mask, "detach"):  # a torch tensor, without importing torch
+        mask = mask.detach().cpu().numpy()
+    if not (isinstance(mask, np.ndarray) and mask.ndim == 2 and mask.dtype == np.bool_):
+        raise InputError(
+            f"expected an (H, W) bool mask, got {getattr(mask, 'dtype', type(mask))} {getattr(mask, 'shape', '')}"
+        )
+    if Path(path).suffix.lower() != ".png":
+        raise InputError(f"{path}: a mask is written as a 1-bit PNG; give a .png path")
+    write_atomically(path, lambda partial: Image.fromarray(mask).convert("1").save(partial, format="PNG"))

@@ -11,7 +11,6 @@ are the specification, the CPU path, the ONNX path and the oracle of the Triton 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,6 +32,8 @@ class Correlation(Protocol):
     """A correlation part: what `RAFT` needs of one.
 
     build: fmap1, fmap2 (B, D, H, W) float32 -> the part's state for this pair.
+    build_bidirectional: fmap1, fmap2 -> the state of both directions as one batch of 2B, the B pairs
+        image 1 -> image 2 first, then image 2 -> image 1.
     lookup: state, coords (B, 2, H, W) float32, x first -> (B, levels*(2r+1)^2, H, W) float32.
     responses: cell (x, y) of image `batch`'s correlation with all of image 2, per level.
     """
@@ -44,6 +45,8 @@ class Correlation(Protocol):
     def radius(self) -> int: ...
 
     def build(self, fmap1: torch.Tensor, fmap2: torch.Tensor) -> Any: ...
+
+    def build_bidirectional(self, fmap1: torch.Tensor, fmap2: torch.Tensor) -> Any: ...
 
     def lookup(self, state: Any, coords: torch.Tensor) -> torch.Tensor: ...
 
@@ -138,7 +141,8 @@ def corr_ondemand_ref(
     cells = height * width
     window = (2 * radius + 1) ** 2
     centres = coords.permute(0, 2, 3, 1).reshape(batch, cells, 2).to(dtype)
-    features1 = fmap1.reshape(batch, cells, dim).to(dtype) / math.sqrt(dim)
+    features1 = fmap1.reshape(batch, cells, dim).to(dtype)
+    scale = correlation_scale(dim)  # after the product, as the published volume divides it
     chunk = max(1, REFERENCE_CHUNK_BYTES // (batch * dim * window * torch.finfo(dtype).bits // 8))
     levels = []
     for level, fmap2 in enumerate(fmap2_pyramid):
@@ -147,7 +151,7 @@ def corr_ondemand_ref(
         for start in range(0, cells, chunk):
             stop = min(start + chunk, cells)
             sampled = sample_windows(maps, centres[:, start:stop] / 2**level, radius)  # (B, D, n, K)
-            parts.append(torch.einsum("bdnk,bnd->bnk", sampled, features1[:, start:stop]))
+            parts.append(torch.einsum("bdnk,bnd->bnk", sampled, features1[:, start:stop]) / scale)
         levels.append(torch.cat(parts, dim=1))
     out = torch.cat(levels, dim=-1)  # (B, HW, L*K)
     return out.view(batch, height, width, -1).permute(0, 3, 1, 2).contiguous()
@@ -171,7 +175,8 @@ def corr_ondemand_gather(
     dtype = compute_dtype(coords)
     cells = batch * height * width
     size = 2 * radius + 1
-    features1 = (fmap1.reshape(cells, dim, 1) / math.sqrt(dim)).to(dtype)
+    features1 = fmap1.reshape(cells, dim, 1).to(dtype)
+    scale = correlation_scale(dim)  # after the products, as the published volume divides them
     centres = coords.permute(0, 2, 3, 1).reshape(cells, 2).to(dtype)
     steps = torch.arange(-radius, radius + 2, device=coords.device)  # corner offsets, (2r+2,)
     # Which image each cell belongs to; arithmetic, as ONNX export of repeat_interleave breaks for a
@@ -194,7 +199,7 @@ def corr_ondemand_gather(
         # One y corner at a time: gather the 2r+2 corners' features (cells, 2r+2, D) and contract the
         # channels with fmap1's feature (MatMul) -> (cells, 2r+2 x corners, 1).
         dots = [torch.matmul(F.embedding(column, table), features1) for column in index.unbind(2)]
-        grid = torch.cat(dots, dim=2) * inside.to(dtype)  # (cells, x corner, y corner)
+        grid = torch.cat(dots, dim=2) / scale * inside.to(dtype)  # (cells, x corner, y corner)
         left = grid[:, :size, :size] * (1 - fy) + grid[:, :size, 1:] * fy
         right = grid[:, 1:, :size] * (1 - fy) + grid[:, 1:, 1:] * fy
         window = left * (1 - fx) + right * fx  # (cells, dx, dy): the published order, dx the slow index
@@ -203,16 +208,25 @@ def corr_ondemand_gather(
     return out.view(batch, height, width, -1).permute(0, 3, 1, 2).contiguous()
 
 
+def correlation_scale(dim: int) -> float:
+    """sqrt(D) as the published code divides by it, `torch.sqrt(torch.tensor(dim).float())`: the float32
+    square root, as a Python number. Dividing by a number and by a 0-dim CPU tensor runs the same kernel
+    (both are CPU scalars to PyTorch), so the quotients round alike; a number also stays a constant under
+    torch.compile and torch.export instead of becoming a CPU tensor in the graph."""
+    return float(torch.tensor(dim, dtype=torch.float32).sqrt())
+
+
 def all_pairs_correlation(fmap1: torch.Tensor, fmap2: torch.Tensor) -> torch.Tensor:
     """fmap1, fmap2: (B, D, H, W) float32 -> (B*H*W, 1, H, W): <fmap1[p], fmap2[q]> / sqrt(D).
 
-    The 1/sqrt(D) scale is the published one; trained weights expect it.
+    The 1/sqrt(D) scale is the published one; trained weights expect it. As published, the product first
+    and the division after, which rounds differently from scaling fmap1 first where sqrt(D) is not a power
+    of two (RAFT-small's D = 128); in place, so that the volume exists once (dividing it out of place would
+    hold two: 34 GB becoming 68 GB at 1088x1920, batch 8).
     """
     batch, dim, height, width = fmap1.shape
-    # Scaled before the product: fmap1 is O(HW) where the volume is O((HW)^2), and dividing the volume
-    # out of place would hold two of them (34 GB becoming 68 GB at 1088x1920, batch 8).
-    features1 = fmap1.reshape(batch, dim, height * width).transpose(1, 2) / math.sqrt(dim)
-    corr = torch.matmul(features1, fmap2.reshape(batch, dim, -1))
+    corr = torch.matmul(fmap1.reshape(batch, dim, height * width).transpose(1, 2), fmap2.reshape(batch, dim, -1))
+    corr.div_(correlation_scale(dim))
     return corr.view(batch * height * width, 1, height, width)
 
 
@@ -264,17 +278,41 @@ class DenseCorrelation:
         if self.storage_dtype == torch.float32:
             corr = all_pairs_correlation(fmap1, fmap2)
         else:
-            batch, dim, height, width = fmap1.shape
-            cells = height * width
-            corr = torch.empty(batch, cells, cells, device=fmap1.device, dtype=self.storage_dtype)
-            rows = max(1, BUILD_CHUNK_BYTES // (4 * batch * cells))
-            features1 = fmap1.reshape(batch, dim, cells).transpose(1, 2) / math.sqrt(dim)
-            features2 = fmap2.reshape(batch, dim, cells)
-            for start in range(0, cells, rows):
-                block = torch.matmul(features1[:, start : start + rows], features2)
-                corr[:, start : start + rows] = block.to(self.storage_dtype)
-            corr = corr.view(batch * cells, 1, height, width)
+            batch, _, height, width = fmap1.shape
+            corr = torch.empty(batch, height * width, height * width, device=fmap1.device, dtype=self.storage_dtype)
+            self._fill(corr, fmap1, fmap2)
+            corr = corr.view(batch * height * width, 1, height, width)
         return correlation_pyramid(corr, self.levels)
+
+    def build_bidirectional(self, fmap1: torch.Tensor, fmap2: torch.Tensor) -> list[torch.Tensor]:
+        """Both directions from one product: the volume of image 2 -> image 1 is the transpose of image
+        1 -> image 2's, copied beside it (2B volumes, as a batch of 2B pairs would take); each direction's
+        pyramid pools over its own second image."""
+        fmap1, fmap2 = fmap1.float(), fmap2.float()
+        batch, _, height, width = fmap1.shape
+        cells = height * width
+        both = torch.empty(2 * batch, cells, cells, device=fmap1.device, dtype=self.storage_dtype)
+        self._fill(both[:batch], fmap1, fmap2)
+        both[batch:].copy_(both[:batch].transpose(1, 2))
+        return correlation_pyramid(both.view(2 * batch * cells, 1, height, width), self.levels)
+
+    def _fill(self, corr: torch.Tensor, fmap1: torch.Tensor, fmap2: torch.Tensor) -> None:
+        """corr (B, HW, HW) <- <fmap1[p], fmap2[q]> / sqrt(D), in its storage dtype: float32 in one product
+        (as `all_pairs_correlation`); half precision through float32 row chunks of at most
+        BUILD_CHUNK_BYTES, so that the float32 volume never exists whole."""
+        batch, dim, height, width = fmap1.shape
+        cells = height * width
+        features1 = fmap1.reshape(batch, dim, cells).transpose(1, 2)
+        features2 = fmap2.reshape(batch, dim, cells)
+        scale = correlation_scale(dim)
+        if corr.dtype == torch.float32:
+            torch.matmul(features1, features2, out=corr)
+            corr.div_(scale)
+            return
+        rows = max(1, BUILD_CHUNK_BYTES // (4 * batch * cells))
+        for start in range(0, cells, rows):
+            block = torch.matmul(features1[:, start : start + rows], features2).div_(scale)
+            corr[:, start : start + rows] = block.to(corr.dtype)
 
     def lookup(self, corr_pyramid: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
         """coords: (B, 2, H, W) float32, x first -> (B, levels*(2r+1)^2, H, W) float32."""
@@ -307,6 +345,10 @@ class OnDemandCorrelation:
         pyramid = [channels_last(level) for level in pooled_pyramid(fmap2.float(), self.levels)]
         return channels_last(fmap1.float()), pyramid
 
+    def build_bidirectional(self, fmap1: torch.Tensor, fmap2: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Both directions as a batch of 2B: nothing to share but the feature maps themselves."""
+        return self.build(torch.cat([fmap1, fmap2]), torch.cat([fmap2, fmap1]))
+
     def lookup(self, state: tuple[torch.Tensor, list[torch.Tensor]], coords: torch.Tensor) -> torch.Tensor:
         fmap1, fmap2_pyramid = state
         return self.lookup_fn(fmap1, fmap2_pyramid, coords, self.radius)
@@ -316,5 +358,6 @@ class OnDemandCorrelation:
     ) -> list[torch.Tensor]:
         """Cell (x, y) of image `batch`'s correlation with all of image 2, per level: (H >> l, W >> l)."""
         fmap1, fmap2_pyramid = state
-        feature = fmap1[batch, y, x].float() / math.sqrt(fmap1.shape[-1])
-        return [torch.einsum("hwd,d->hw", level[batch].float(), feature) for level in fmap2_pyramid]
+        feature = fmap1[batch, y, x].float()
+        scale = correlation_scale(fmap1.shape[-1])
+        return [torch.einsum("hwd,d->hw", level[batch].float(), feature) / scale for level in fmap2_pyramid]

@@ -26,6 +26,7 @@ from raft_engine.model.upsampling import BilinearUpsampler, ConvexUpsampler, Ups
 
 __all__ = [
     "RAFT",
+    "BidirectionalResult",
     "BilinearUpsampler",
     "ConvexUpsampler",
     "FlowResult",
@@ -74,6 +75,21 @@ class FlowResult:
 
     flow: torch.Tensor
     flow_low: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class BidirectionalResult:
+    """What `FlowEngine.bidirectional` returns: both directions of a pair and where each is not confirmed.
+
+    forward: `FlowResult` image1 -> image2. backward: `FlowResult` image2 -> image1.
+    occlusion: (B, H, W) bool, True where a pixel of image1 fails the forward-backward check or its target
+    falls outside image2 (`raft_engine.model.consistency.forward_backward_check`). occlusion_backward: the
+    same for the pixels of image2."""
+
+    forward: FlowResult
+    backward: FlowResult
+    occlusion: torch.Tensor
+    occlusion_backward: torch.Tensor
 
 
 def coords_grid(batch: int, height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -166,12 +182,12 @@ class RAFT(nn.Module):
         return fmap1, fmap2, net, inp
 
     def initial_coords(
-        self, fmap1: torch.Tensor, flow_init: torch.Tensor | None = None
+        self, fmap1: torch.Tensor, flow_init: torch.Tensor | None = None, batch: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (coords0, coords1): the 1/8 grid's cell coordinates, and where the iterations start (coords0,
-        or coords0 + flow_init), (B, 2, H/8, W/8) float32, x first."""
-        batch, _, height, width = fmap1.shape
-        coords0 = coords_grid(batch, height, width, fmap1.device)
+        or coords0 + flow_init), (B, 2, H/8, W/8) float32, x first; B is fmap1's batch unless given."""
+        _, _, height, width = fmap1.shape
+        coords0 = coords_grid(fmap1.shape[0] if batch is None else batch, height, width, fmap1.device)
         return coords0, coords0 if flow_init is None else coords0 + flow_init.float()
 
     def refine(
@@ -246,6 +262,41 @@ class RAFT(nn.Module):
         first frame of each pair; fmaps (B + 1, D, H/8, W/8) float32, the frames' feature maps (pair k is
         fmaps[k] -> fmaps[k + 1]; batch slices of a contiguous tensor are contiguous)."""
         return self.forward_features(image1, fmaps[:-1], fmaps[1:], iters, flow_init)
+
+    def forward_bidirectional_features(
+        self,
+        image1: torch.Tensor,
+        image2: torch.Tensor,
+        fmap1: torch.Tensor,
+        fmap2: torch.Tensor,
+        iters: int = 12,
+        flow_init: torch.Tensor | None = None,
+    ) -> RAFTOutput:
+        """Both directions of B pairs as one batch of 2B through the iterations: pairs image1 -> image2
+        first, then image2 -> image1. Each image's features are given (computed once); the correlation is
+        built for both at once (`Correlation.build_bidirectional`: the dense volume's product once).
+        flow_init: optional (2B, 2, H/8, W/8), in the same order. -> RAFTOutput of batch 2B."""
+        net, inp = self.context(normalize_images(torch.cat([image1, image2])))
+        corr_state = self.correlation.build_bidirectional(fmap1, fmap2)
+        coords0, coords1 = self.initial_coords(fmap1, flow_init, batch=2 * fmap1.shape[0])
+        net, coords1 = self.refine(corr_state, net, inp, coords0, coords1, iters)
+        flow_low = coords1 - coords0
+        return RAFTOutput(flow=self.upsample(flow_low, net), flow_low=flow_low)
+
+    def forward_bidirectional(
+        self, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12, flow_init: torch.Tensor | None = None
+    ) -> RAFTOutput:
+        """Both directions of B pairs, each image through the feature encoder once: flow (2B, 2, H, W),
+        image1 -> image2 in the first B, image2 -> image1 in the last B (see forward_bidirectional_features)."""
+        fmap1, fmap2 = self.features(normalize_images(image1), normalize_images(image2))
+        return self.forward_bidirectional_features(image1, image2, fmap1, fmap2, iters, flow_init)
+
+    def forward_bidirectional_sequence(
+        self, frames: torch.Tensor, fmaps: torch.Tensor, iters: int = 12, flow_init: torch.Tensor | None = None
+    ) -> RAFTOutput:
+        """Both directions of the B consecutive pairs of B + 1 frames encoded once: frames (B + 1, 3, H, W)
+        float in 0..255, fmaps their feature maps; the forward pairs k -> k + 1 first, then k + 1 -> k."""
+        return self.forward_bidirectional_features(frames[:-1], frames[1:], fmaps[:-1], fmaps[1:], iters, flow_init)
 
     def forward(
         self, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12, flow_init: torch.Tensor | None = None

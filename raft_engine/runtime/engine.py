@@ -6,16 +6,17 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import torch
 
+from raft_engine.model.consistency import ALPHA1, ALPHA2, check_alphas
 from raft_engine.model.correlation import (
     dense_pyramid_bytes,
 )
-from raft_engine.model.raft import RAFT, FlowResult, RAFTOutput, normalize_images
+from raft_engine.model.raft import RAFT, BidirectionalResult, FlowResult, RAFTOutput
 from raft_engine.runtime.compiled import CompiledForward
 from raft_engine.runtime.estimator import EstimatorSettings
 from raft_engine.runtime.inputs import (
@@ -25,24 +26,28 @@ from raft_engine.runtime.inputs import (
     check_iters,
     check_pair,
     parse_device,
-    positive_int,
     to_image_batch,
 )
 from raft_engine.runtime.options import BACKENDS, CORR_MODES, DEFAULT_CORR_BUDGET, TORCH_DTYPES, EngineOptions
 from raft_engine.runtime.parts import build_parts, resolve_backend
+from raft_engine.runtime.sequence import DEFAULT_ITERS, DEFAULT_SEQUENCE_BATCH, directions, start_sequence
 
 if TYPE_CHECKING:
     from raft_engine.runtime.trace import FlowTrace
 
 from raft_engine.errors import InputError, InputTypeError
-from raft_engine.model.warm_start import forward_interpolate
 
 __all__ = ["BACKENDS", "CORR_MODES", "DEFAULT_CORR_BUDGET", "EngineOptions", "FlowEngine", "FlowResult"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ITERS = 12  # RAFT's published count for inference at Sintel's and KITTI's sizes
-DEFAULT_SEQUENCE_BATCH = 4  # consecutive pairs `sequence` runs as one batch
+# The kinds of forward an engine runs, and the RAFT method of each (None: RAFT.forward itself).
+_FORWARDS = {
+    "pair": None,
+    "sequence": "forward_sequence",
+    "bidirectional": "forward_bidirectional",
+    "bidirectional_sequence": "forward_bidirectional_sequence",
+}
 
 
 class FlowEngine:
@@ -90,14 +95,36 @@ class FlowEngine:
         self.config = model.config
         self._models = build_parts(self.model, self.backend, self.corr_dtype)
         self._reported: set[tuple[int, int, int]] = set()
+        # The forwards each kind of call runs, per correlation mode: a pair (RAFT.forward), consecutive frames
+        # from their feature maps (forward_sequence), and both directions of either; each compiled on its
+        # own (graphs of its own, up to max_compiled_shapes each).
+        self._forwards: dict[str, dict[str, Callable[..., RAFTOutput]]] = {
+            kind: {mode: part if method is None else getattr(part, method) for mode, part in self._models.items()}
+            for kind, method in _FORWARDS.items()
+        }
         shapes = options.max_compiled_shapes
-        self.compiled = CompiledForward(dict(self._models), cuda_graphs, shapes) if options.compile else None
-        # `sequence`'s forward from feature maps (RAFT.forward_sequence), per correlation mode; compiled like
-        # the pair forward (graphs of its own, up to max_compiled_shapes more).
-        self._sequence_forwards = {name: part.forward_sequence for name, part in self._models.items()}
-        self.compiled_sequence = (
-            CompiledForward(self._sequence_forwards, cuda_graphs, shapes) if options.compile else None
+        self._compiled = (
+            {kind: CompiledForward(forwards, cuda_graphs, shapes) for kind, forwards in self._forwards.items()}
+            if options.compile
+            else {}
         )
+        self.compiled = self._compiled.get("pair")
+        self.compiled_sequence = self._compiled.get("sequence")
+
+    def _run(
+        self,
+        kind: str,
+        mode: str,
+        first: torch.Tensor,
+        second: torch.Tensor,
+        iters: int,
+        flow_init: torch.Tensor | None,
+    ) -> RAFTOutput:
+        """One forward of `kind` (a key of _FORWARDS) with correlation `mode`: compiled where compiling."""
+        compiled = self._compiled.get(kind)
+        if compiled is not None:
+            return compiled(mode, first, second, iters, flow_init)
+        return self._forwards[kind][mode](first, second, iters=iters, flow_init=flow_init)
 
     @property
     def settings(self) -> EstimatorSettings:
@@ -177,22 +204,24 @@ class FlowEngine:
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         return padder.pad(batch).contiguous(memory_format=layout)
 
-    def check_flow_init(self, flow_init: ArrayLike, batch: int, grid: tuple[int, int]) -> torch.Tensor:
+    def check_flow_init(
+        self, flow_init: ArrayLike, batch: int, grid: tuple[int, int], name: str = "flow_init"
+    ) -> torch.Tensor:
         if isinstance(flow_init, np.ndarray):
             flow_init = torch.from_numpy(flow_init)
         if not isinstance(flow_init, torch.Tensor):
-            raise InputTypeError(f"flow_init must be a torch tensor or numpy array, got {type(flow_init).__name__}")
+            raise InputTypeError(f"{name} must be a torch tensor or numpy array, got {type(flow_init).__name__}")
         expected = (batch, 2, *grid)
         if tuple(flow_init.shape) != expected:
             raise InputError(
-                f"flow_init has shape {tuple(flow_init.shape)}, expected {expected}: (B, 2, H/8, W/8) on the "
+                f"{name} has shape {tuple(flow_init.shape)}, expected {expected}: (B, 2, H/8, W/8) on the "
                 "padded 1/8 grid, e.g. the flow_low of the previous result"
             )
         if not flow_init.dtype.is_floating_point:
-            raise InputError(f"flow_init must be floating point, got {flow_init.dtype}")
+            raise InputError(f"{name} must be floating point, got {flow_init.dtype}")
         flow_init = flow_init.to(self.device, torch.float32)
         if not bool(flow_init.isfinite().all()):
-            raise InputError("flow_init contains NaN or Inf")
+            raise InputError(f"{name} contains NaN or Inf")
         return flow_init
 
     @torch.inference_mode()
@@ -208,11 +237,47 @@ class FlowEngine:
             grid = (padded1.shape[-2] // 8, padded1.shape[-1] // 8)
             checked_init = self.check_flow_init(flow_init, padded1.shape[0], grid)
         mode = self.corr_mode_for(padded1.shape[0], padder.height, padder.width)
-        if self.compiled is not None:
-            output = self.compiled(mode, padded1, padded2, iters, checked_init)
-        else:
-            output = self._models[mode](padded1, padded2, iters=iters, flow_init=checked_init)
+        output = self._run("pair", mode, padded1, padded2, iters, checked_init)
         return FlowResult(flow=padder.unpad(output.flow), flow_low=output.flow_low)
+
+    @torch.inference_mode()
+    def bidirectional(
+        self,
+        image1: ImageLike,
+        image2: ImageLike,
+        iters: int | None = 12,
+        flow_init: tuple[ArrayLike, ArrayLike] | None = None,
+        alpha1: float = ALPHA1,
+        alpha2: float = ALPHA2,
+    ) -> BidirectionalResult:
+        """Flow image1 -> image2 and image2 -> image1, and the occlusion masks of the forward-backward check.
+
+        Cheaper than two `estimate` calls: each image through the feature encoder once, the dense volume's
+        product computed once (the backward volume is its transpose), both directions as one batch through
+        the iterations, the check on the device. `forward` equals `estimate(image1, image2)` and `backward`
+        `estimate(image2, image1)` (to float32 rounding). flow_init: None, or a pair (forward, backward) of
+        (B, 2, H/8, W/8) flows, e.g. the flow_low of a previous result's directions. alpha1, alpha2: the
+        check's constants (`raft_engine.model.consistency.forward_backward_check`). The correlation mode is
+        chosen for the 2B pairs that run together.
+        """
+        iters = check_iters(DEFAULT_ITERS if iters is None else iters)
+        check_alphas(alpha1, alpha2)
+        padded1, padded2, padder = self.prepare(image1, image2)
+        batch, grid = padded1.shape[0], (padded1.shape[-2] // 8, padded1.shape[-1] // 8)
+        checked_init = None
+        if flow_init is not None:
+            if not (isinstance(flow_init, (tuple, list)) and len(flow_init) == 2):
+                raise InputTypeError(
+                    "flow_init must be a pair (forward, backward) of (B, 2, H/8, W/8) flows, e.g. "
+                    f"(result.forward.flow_low, result.backward.flow_low); got {type(flow_init).__name__}"
+                )
+            names = ("flow_init[0] (forward)", "flow_init[1] (backward)")
+            pairs = zip(flow_init, names, strict=True)
+            checked = [self.check_flow_init(init, batch, grid, name) for init, name in pairs]
+            checked_init = torch.cat(checked)
+        mode = self.corr_mode_for(2 * batch, padder.height, padder.width)
+        output = self._run("bidirectional", mode, padded1, padded2, iters, checked_init)
+        return directions(output, padder, batch, alpha1, alpha2)
 
     @torch.inference_mode()
     def trace(
@@ -239,13 +304,53 @@ class FlowEngine:
         model = self.model_for(self.corr_mode_for(1, padder.height, padder.width))
         return trace_model(model, padded1, padded2, padder, iters, pixels, checked_init)
 
+    @overload
+    def sequence(
+        self,
+        frames: Iterable[ImageLike],
+        iters: int | None = ...,
+        warm_start: bool = ...,
+        batch_size: int | None = ...,
+        bidirectional: Literal[False] = ...,
+        alpha1: float = ...,
+        alpha2: float = ...,
+    ) -> Iterator[FlowResult]: ...
+
+    @overload
+    def sequence(
+        self,
+        frames: Iterable[ImageLike],
+        iters: int | None = ...,
+        warm_start: bool = ...,
+        batch_size: int | None = ...,
+        *,
+        bidirectional: Literal[True],
+        alpha1: float = ...,
+        alpha2: float = ...,
+    ) -> Iterator[BidirectionalResult]: ...
+
+    @overload
+    def sequence(
+        self,
+        frames: Iterable[ImageLike],
+        iters: int | None = ...,
+        warm_start: bool = ...,
+        batch_size: int | None = ...,
+        bidirectional: bool = ...,
+        alpha1: float = ...,
+        alpha2: float = ...,
+    ) -> Iterator[FlowResult] | Iterator[BidirectionalResult]: ...
+
     def sequence(
         self,
         frames: Iterable[ImageLike],
         iters: int | None = 12,
         warm_start: bool = False,
         batch_size: int | None = DEFAULT_SEQUENCE_BATCH,
-    ) -> Iterator[FlowResult]:
+        bidirectional: bool = False,
+        alpha1: float = ALPHA1,
+        alpha2: float = ALPHA2,
+    ) -> Iterator[FlowResult] | Iterator[BidirectionalResult]:
         """The flow of each consecutive pair of `frames` (0 -> 1, 1 -> 2, ...), in order, as it is computed.
 
         frames: any iterable of images, one image each, in the forms `estimate` takes (numpy, PIL,
@@ -261,120 +366,14 @@ class FlowEngine:
             submission does; the first pair starts from zero. A pair needs the previous one's result,
             so the iterations run pair by pair; the feature encoder still runs `batch_size` frames
             at a time. Each flow equals `estimate(..., flow_init=forward_interpolate(previous.flow_low))`.
+        bidirectional=True: a `BidirectionalResult` per pair (both directions and both masks, as
+            `bidirectional` gives; alpha1, alpha2 its constants), every frame still encoded once; the
+            2 x batch_size directions run as one batch. Cold only: warm_start=True is refused.
         A bad frame (another size, a batch, not an image) raises a ValueError or TypeError naming it, and
         an error of the iterable itself propagates, each after the flows of every pair before it have
         been yielded; fewer than 2 frames raise a ValueError.
         """
-        iters = check_iters(DEFAULT_ITERS if iters is None else iters)
-        batch_size = positive_int("batch_size", DEFAULT_SEQUENCE_BATCH if batch_size is None else batch_size)
-        if not isinstance(warm_start, bool):
-            raise InputTypeError(f"warm_start must be True or False, got {warm_start!r}")
-        if isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim != 4:
-            raise InputError(
-                f"frames: an array holds a sequence as (T, H, W, C) (numpy) or (T, C, H, W) (torch), got shape "
-                f"{tuple(frames.shape)}; for one pair use estimate"
-            )
-        if not isinstance(frames, Iterable):
-            raise InputTypeError(f"frames must be an iterable of images, got {type(frames).__name__}")
-        return self._sequence(iter(frames), iters, warm_start, batch_size)
-
-    @torch.inference_mode()
-    def _sequence(
-        self, frames: Iterator[ImageLike], iters: int, warm_start: bool, batch_size: int
-    ) -> Iterator[FlowResult]:
-        padder: Padder | None = None
-        images: list[torch.Tensor] = []  # padded frames of the next batch; the first one's fmap is known
-        fmaps: torch.Tensor | None = None  # feature maps of images[: len(fmaps)]
-        flow_low: torch.Tensor | None = None  # the previous pair's, for warm start
-        count, failure = 0, None
-        while True:
-            try:
-                image = self._next_frame(frames, count, padder)
-                if image is None:
-                    break
-                if padder is None:
-                    padder = self._padder(*image.shape[-2:])
-            except Exception as error:  # a bad frame, or the source failing: first the pairs before it
-                failure = error
-                break
-            count += 1
-            images.append(self._pad(padder, image))
-            if len(images) == batch_size + 1:
-                fmaps = self._encode_frames(images, fmaps)
-                for result in self._sequence_batch(padder, images, fmaps, iters, warm_start, flow_low):
-                    flow_low = result.flow_low
-                    yield result
-                # The last frame starts the next batch; a copy of its features lets the others' go.
-                images, fmaps = images[-1:], fmaps[-1:].clone()
-        if len(images) > 1:
-            assert padder is not None
-            fmaps = self._encode_frames(images, fmaps)
-            yield from self._sequence_batch(padder, images, fmaps, iters, warm_start, flow_low)
-        if failure is not None:
-            raise failure
-        if count < 2:
-            raise InputError(f"a sequence needs at least 2 frames, got {count}")
-
-    def _next_frame(self, frames: Iterator[ImageLike], index: int, padder: Padder | None) -> torch.Tensor | None:
-        """The next frame -> (1, 3, H, W) float32 on the device, checked against the first frame's size;
-        None after the last."""
-        for frame in frames:
-            return self._sequence_frame(frame, index, padder)
-        return None
-
-    def _sequence_frame(self, frame: ImageLike, index: int, padder: Padder | None) -> torch.Tensor:
-        name = f"frame {index}"
-        image = to_image_batch(frame, name)
-        if image.shape[0] != 1:
-            raise InputError(f"{name} is a batch of {image.shape[0]} images; a sequence takes one image per frame")
-        height, width = image.shape[-2:]
-        if padder is not None and (height, width) != (padder.height, padder.width):
-            raise InputError(
-                f"{name} is {height}x{width} (HxW), but frame 0 is {padder.height}x{padder.width}: every frame of a "
-                "sequence must have the size of the first"
-            )
-        return image.to(self.device)
-
-    def _encode_frames(self, images: list[torch.Tensor], fmaps: torch.Tensor | None) -> torch.Tensor:
-        """Feature maps (len(images), D, H/8, W/8) float32: those of `fmaps` (the first frames'), then the
-        rest through the feature encoder as one batch. The encoder's instance norm works per image, so
-        this equals encoding each pair's two frames together, as `estimate` does."""
-        known = 0 if fmaps is None else fmaps.shape[0]
-        new = torch.cat(images[known:]) if len(images) - known > 1 else images[known]
-        encoded = self.model.fnet(normalize_images(new)).float()
-        return encoded if fmaps is None else torch.cat([fmaps, encoded])
-
-    def _sequence_batch(
-        self,
-        padder: Padder,
-        images: list[torch.Tensor],
-        fmaps: torch.Tensor,
-        iters: int,
-        warm_start: bool,
-        flow_low: torch.Tensor | None,
-    ) -> Iterator[FlowResult]:
-        """The len(images) - 1 pairs of consecutive `images`, one result each."""
-        pairs = len(images) - 1
-        if not warm_start:
-            mode = self.corr_mode_for(pairs, padder.height, padder.width)
-            output = self._forward_features(mode, torch.cat(images[:-1]), fmaps, iters, None)
-            flow = padder.unpad(output.flow)
-            for k in range(pairs):
-                yield FlowResult(flow=flow[k : k + 1], flow_low=output.flow_low[k : k + 1])
-            return
-        mode = self.corr_mode_for(1, padder.height, padder.width)
-        for k in range(pairs):
-            flow_init = None if flow_low is None else forward_interpolate(flow_low)
-            output = self._forward_features(mode, images[k], fmaps[k : k + 2], iters, flow_init)
-            flow_low = output.flow_low
-            yield FlowResult(flow=padder.unpad(output.flow), flow_low=flow_low)
-
-    def _forward_features(
-        self, mode: str, image1: torch.Tensor, fmaps: torch.Tensor, iters: int, flow_init: torch.Tensor | None
-    ) -> RAFTOutput:
-        if self.compiled_sequence is not None:
-            return self.compiled_sequence(mode, image1, fmaps, iters, flow_init)
-        return self._sequence_forwards[mode](image1, fmaps, iters=iters, flow_init=flow_init)
+        return start_sequence(self, frames, iters, warm_start, batch_size, bidirectional, alpha1, alpha2)
 
     def warmup(self, batch: int, height: int, width: int, iters: int = 12, warm_start: bool = False) -> float:
         """Run `batch` pairs of height x width once (three times with CUDA graphs: warm-up, record,

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from raft_engine.errors import InputError, InputTypeError
+from raft_engine.model.consistency import ALPHA1, ALPHA2
 
 if TYPE_CHECKING:
-    from raft_engine.model.raft import FlowResult
+    from raft_engine.model.raft import BidirectionalResult, FlowResult
     from raft_engine.runtime.inputs import ArrayLike, ImageLike
 
 
@@ -63,8 +64,11 @@ class FlowEstimator(Protocol):
     estimate(image1, image2, iters, flow_init) -> FlowResult: the flow from image1 to image2, in any of
         the image forms of `raft_engine.runtime.inputs.to_image_batch`, padded and cropped back; iters
         None is the estimator's own count (12 for an engine, the unrolled count of an exported graph).
-    sequence(frames, iters, warm_start, batch_size) -> the FlowResult of each consecutive pair of frames, in
-        order, as computed (an engine encodes each frame once; `pairwise_sequence` for the others).
+    bidirectional(image1, image2, iters, flow_init, alpha1, alpha2) -> BidirectionalResult: both directions
+        and the forward-backward check's masks (an exported graph: only one exported with them).
+    sequence(frames, iters, warm_start, batch_size, bidirectional, ...) -> the FlowResult (with
+        bidirectional=True the BidirectionalResult) of each consecutive pair of frames, in order, as
+        computed (an engine encodes each frame once; `pairwise_sequence` for the others).
     describe(height, width) -> one line: where and how it runs (an engine's device, backend and correlation,
         for a size the correlation mode used there; a session's provider; a server's address).
     settings: `EstimatorSettings`.
@@ -77,13 +81,26 @@ class FlowEstimator(Protocol):
         self, image1: ImageLike, image2: ImageLike, iters: int | None = ..., flow_init: ArrayLike | None = ...
     ) -> FlowResult: ...
 
+    def bidirectional(
+        self,
+        image1: ImageLike,
+        image2: ImageLike,
+        iters: int | None = ...,
+        flow_init: tuple[ArrayLike, ArrayLike] | None = ...,
+        alpha1: float = ...,
+        alpha2: float = ...,
+    ) -> BidirectionalResult: ...
+
     def sequence(
         self,
         frames: Iterable[ImageLike],
         iters: int | None = ...,
         warm_start: bool = ...,
         batch_size: int | None = ...,
-    ) -> Iterator[FlowResult]: ...
+        bidirectional: bool = ...,
+        alpha1: float = ...,
+        alpha2: float = ...,
+    ) -> Iterator[Any]: ...
 
     def describe(self, height: int | None = None, width: int | None = None) -> str: ...
 
@@ -116,20 +133,28 @@ def pairwise_sequence(
     iters: int | None = None,
     warm_start: bool = False,
     batch_size: int | None = None,
-) -> Iterator[FlowResult]:
+    bidirectional: bool = False,
+    alpha1: float = ALPHA1,
+    alpha2: float = ALPHA2,
+) -> Iterator[Any]:
     """`sequence` of an estimator that runs pair by pair (an exported graph, a server): each frame is sent
     twice, as the second image of one pair and the first of the next. warm_start needs an estimator that
-    takes flow_init; batch_size other than 1 does not apply."""
+    takes flow_init; batch_size other than 1 does not apply; bidirectional=True yields the estimator's
+    `bidirectional` of each pair."""
     settings = estimator.settings
     name = settings.source or estimator.describe()
     if warm_start and not settings.takes_flow_init:
         raise InputError(f"warm start needs flow_init, which {name} does not take")
     if batch_size not in (None, 1):
         raise InputError(f"{name} runs one pair at a time: batch_size does not apply")
+    if bidirectional and warm_start:
+        raise InputError("warm_start and bidirectional together are not supported; run bidirectional sequences cold")
     count, previous, flow_low = 0, None, None
     for frame in frames:
         count += 1
-        if previous is not None:
+        if previous is not None and bidirectional:
+            yield estimator.bidirectional(previous, frame, iters=iters, alpha1=alpha1, alpha2=alpha2)
+        elif previous is not None:
             flow_init = None
             if warm_start and flow_low is not None:
                 from raft_engine.model.warm_start import forward_interpolate

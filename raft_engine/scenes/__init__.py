@@ -9,7 +9,15 @@ footage (`SceneStyle`), `sequences` the N-frame clips, `photos` the photographs 
 Seeds below `TRAINING_SEED_START` are held out: the training code never draws them.
 """
 
-from raft_engine.scenes.layers import SUPERSAMPLING, TRAINING_SEED_START, Layer, Pose, ScenePair, make_texture
+from raft_engine.scenes.layers import (
+    SUPERSAMPLING,
+    TRAINING_SEED_START,
+    Layer,
+    Pose,
+    ScenePair,
+    make_texture,
+    occlusion_between,
+)
 from raft_engine.scenes.photos import HELD_OUT_PHOTOS, PHOTO_SOURCE, TRAINING_PHOTOS, load_photo
 from raft_engine.scenes.sequences import SceneSequence, Trajectory, generate_sequence
 from raft_engine.scenes.v1 import generate_pair, scene_tensors
@@ -32,5 +40,6 @@ __all__ = [
     "generate_sequence",
     "load_photo",
     "make_texture",
+    "occlusion_between",
     "scene_tensors",
 ]

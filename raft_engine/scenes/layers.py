@@ -21,12 +21,17 @@ SUPERSAMPLING = 2  # colour and coverage are rendered at 2x and box-filtered: an
 
 @dataclass(frozen=True)
 class ScenePair:
-    """image1, image2: (H, W, 3) uint8. flow: (H, W, 2) float32, image 1 -> image 2, every pixel."""
+    """image1, image2: (H, W, 3) uint8. flow: (H, W, 2) float32, image 1 -> image 2, every pixel.
+    occlusion: (H, W) bool, True where a pixel of image 1 is not seen in image 2 (`occlusion_between`).
+    flow_backward, occlusion_backward: the same from image 2 to image 1."""
 
     image1: np.ndarray
     image2: np.ndarray
     flow: np.ndarray
     seed: int
+    occlusion: np.ndarray | None = None
+    flow_backward: np.ndarray | None = None
+    occlusion_backward: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,36 @@ def flow_between(
         inside = layer.coverage(canonical)
         flow = torch.where(inside, pose2.to_image(canonical) - points, flow)
     return flow
+
+
+def occlusion_between(
+    layers: list[Layer],
+    poses1: Sequence[Pose | Projective],
+    poses2: Sequence[Pose | Projective],
+    height: int,
+    width: int,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """(H, W) bool: True where the pixel centre p of the frame at poses1 is occluded in the frame at poses2.
+
+    Exact, from the scene itself: p belongs to the topmost layer there; its target q is where that layer
+    carries p (the flow's target, in `dtype`). p is occluded where q leaves the frame (beyond its pixels'
+    extent, -0.5 to W - 0.5 and -0.5 to H - 0.5), or where the layer seen at q at poses2, the topmost one
+    whose shape covers q there, is another layer."""
+    points = pixel_grid(height, width, 1).to(dtype)
+    own = torch.full((height, width), -1, dtype=torch.long)
+    targets = torch.zeros_like(points)
+    for index, (layer, pose1, pose2) in enumerate(zip(layers, poses1, poses2, strict=True)):
+        canonical = pose1.to_canonical(points)
+        inside = layer.coverage(canonical.float())
+        own = torch.where(inside, index, own)
+        targets = torch.where(inside, pose2.to_image(canonical), targets)
+    seen = torch.full((height, width), -1, dtype=torch.long)
+    for index, (layer, pose2) in enumerate(zip(layers, poses2, strict=True)):
+        seen = torch.where(layer.coverage(pose2.to_canonical(targets).float()), index, seen)
+    x, y = targets[0], targets[1]
+    outside = (x < -0.5) | (x >= width - 0.5) | (y < -0.5) | (y >= height - 0.5)
+    return outside | (seen != own)
 
 
 def photometric_changes(rng: np.random.Generator, frames: list[torch.Tensor]) -> list[np.ndarray]:

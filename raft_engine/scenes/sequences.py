@@ -16,6 +16,7 @@ from raft_engine.scenes.layers import (
     ScenePair,
     flow_between,
     make_texture,
+    occlusion_between,
     photometric_changes,
     random_shape,
     render_poses,
@@ -42,15 +43,18 @@ class Trajectory:
 @dataclass(frozen=True)
 class SceneSequence:
     """frames: N (H, W, 3) uint8. flows: N - 1 (H, W, 2) float32; flows[t] maps every pixel of frame t
-    to frame t + 1 (occluded there or not), like `ScenePair.flow`."""
+    to frame t + 1 (occluded there or not), like `ScenePair.flow`. occlusions: N - 1 (H, W) bool, where a
+    pixel of frame t is not seen in frame t + 1 (`ScenePair.occlusion`)."""
 
     frames: tuple[np.ndarray, ...]
     flows: tuple[np.ndarray, ...]
     seed: int
+    occlusions: tuple[np.ndarray, ...] = ()
 
     def pair(self, t: int) -> ScenePair:
-        """Frames t and t + 1 and their flow."""
-        return ScenePair(self.frames[t], self.frames[t + 1], self.flows[t], self.seed)
+        """Frames t and t + 1, their flow and occlusion."""
+        occlusion = self.occlusions[t] if self.occlusions else None
+        return ScenePair(self.frames[t], self.frames[t + 1], self.flows[t], self.seed, occlusion)
 
 
 def _trajectory(
@@ -120,8 +124,11 @@ def generate_sequence(
         flow_between(layers, poses[t], poses[t + 1], height, width).permute(1, 2, 0).numpy().astype(np.float32)
         for t in range(frames - 1)
     )
+    occlusions = tuple(
+        occlusion_between(layers, poses[t], poses[t + 1], height, width).numpy() for t in range(frames - 1)
+    )
     if photometric:
         images = photometric_changes(rng, rendered)
     else:
         images = [(f.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy() for f in rendered]
-    return SceneSequence(tuple(images), flows, seed)
+    return SceneSequence(tuple(images), flows, seed, occlusions)

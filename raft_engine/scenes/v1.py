@@ -16,6 +16,7 @@ from raft_engine.scenes.layers import (
     ScenePair,
     flow_between,
     make_texture,
+    occlusion_between,
     photometric_changes,
     random_motion,
     random_shape,
@@ -94,4 +95,13 @@ def generate_pair(
         image1, image2 = photometric_changes(rng, frames)
     else:
         image1, image2 = ((f.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy() for f in frames)
-    return ScenePair(image1, image2, flow.permute(1, 2, 0).numpy().astype(np.float32), seed)
+    poses1, poses2 = [layer.pose1 for layer in layers], [layer.pose2 for layer in layers]
+    return ScenePair(
+        image1,
+        image2,
+        flow.permute(1, 2, 0).numpy().astype(np.float32),
+        seed,
+        occlusion_between(layers, poses1, poses2, height, width).numpy(),
+        flow_between(layers, poses2, poses1, height, width).permute(1, 2, 0).numpy().astype(np.float32),
+        occlusion_between(layers, poses2, poses1, height, width).numpy(),
+    )

@@ -20,6 +20,7 @@ from raft_engine.scenes.layers import (
     Projective,
     ScenePair,
     make_texture,
+    occlusion_between,
     photometric_changes,
     pixel_grid,
     random_motion,
@@ -354,14 +355,18 @@ def _render_tracks(
     return F.avg_pool2d(image[None], factor)[0] if factor > 1 else image
 
 
-def _flow_tracks(layers: list[Layer], tracks: list[Track], height: int, width: int) -> torch.Tensor:
-    """(2, H, W) float64: at each pixel centre of frame 1, M(1) M(0)^-1 p - p of the topmost layer."""
+def _flow_tracks(
+    layers: list[Layer], tracks: list[Track], height: int, width: int, backward: bool = False
+) -> torch.Tensor:
+    """(2, H, W) float64: at each pixel centre of frame 1, M(1) M(0)^-1 p - p of the topmost layer (with
+    backward=True, of frame 2: M(0) M(1)^-1 p - p)."""
+    start, end = (1.0, 0.0) if backward else (0.0, 1.0)
     points = pixel_grid(height, width, 1).double()
     flow = torch.zeros_like(points)
     for layer, track in zip(layers, tracks, strict=True):
-        canonical = track.at(0.0).to_canonical(points)
+        canonical = track.at(start).to_canonical(points)
         inside = layer.coverage(canonical.float())
-        flow = torch.where(inside, track.at(1.0).to_image(canonical) - points, flow)
+        flow = torch.where(inside, track.at(end).to_image(canonical) - points, flow)
     return flow
 
 
@@ -438,4 +443,13 @@ def generate_v2(
         blurred = _exposure(blur, layers, tracks, t, height, width, speed) if style.blur else None
         frames.append(_render_tracks(layers, tracks, t, height, width, SUPERSAMPLING) if blurred is None else blurred)
     image1, image2 = _finish_v2(seed, style, frames, photometric)
-    return ScenePair(image1, image2, flow.permute(1, 2, 0).numpy().astype(np.float32), seed)
+    poses1, poses2 = [track.at(0.0) for track in tracks], [track.at(1.0) for track in tracks]
+    return ScenePair(
+        image1,
+        image2,
+        flow.permute(1, 2, 0).numpy().astype(np.float32),
+        seed,
+        occlusion_between(layers, poses1, poses2, height, width, torch.float64).numpy(),
+        _flow_tracks(layers, tracks, height, width, backward=True).permute(1, 2, 0).numpy().astype(np.float32),
+        occlusion_between(layers, poses2, poses1, height, width, torch.float64).numpy(),
+    )
