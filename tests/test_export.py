@@ -193,7 +193,7 @@ def test_bad_export_requests(tmp_path, official_small):
 def test_verification_catches_a_wrong_graph(tmp_path, official_small, monkeypatch):
     import raft_engine.export.onnx_export as onnx_export
 
-    original = onnx_export._verify
+    original = onnx_export.verify_graph
 
     def skewed(*args):
         relative, max_abs = original(*args)
@@ -201,7 +201,7 @@ def test_verification_catches_a_wrong_graph(tmp_path, official_small, monkeypatc
 
     export_onnx(official_small, tmp_path / "x.onnx", iters=1, height=128, width=160)
     good = (tmp_path / "x.onnx").read_bytes()
-    monkeypatch.setattr(onnx_export, "_verify", skewed)
+    monkeypatch.setattr(onnx_export, "verify_graph", skewed)
     with pytest.raises(ExportError, match="differs from PyTorch's.*nothing was written"):
         export_onnx(official_small, tmp_path / "x.onnx", iters=2, height=128, width=160)
     assert (tmp_path / "x.onnx").read_bytes() == good  # the earlier good export is untouched

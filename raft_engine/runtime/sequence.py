@@ -6,7 +6,7 @@ directions."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -17,8 +17,24 @@ from raft_engine.model.raft import BidirectionalResult, FlowResult, RAFTOutput, 
 from raft_engine.model.warm_start import forward_interpolate
 from raft_engine.runtime.inputs import ImageLike, Padder, check_iters, positive_int, to_image_batch
 
-if TYPE_CHECKING:
-    from raft_engine.runtime.engine import FlowEngine
+
+class FlowEngine(Protocol):
+    """What the sequence path uses of a `raft_engine.runtime.engine.FlowEngine` (typed by its needs, so that
+    this module imports nothing of the engine's)."""
+
+    model: Any
+    device: torch.device
+
+    def corr_mode_for(self, batch: int, height: int, width: int) -> str: ...
+
+    def _padder(self, height: int, width: int) -> Padder: ...
+
+    def _pad(self, padder: Padder, batch: torch.Tensor) -> torch.Tensor: ...
+
+    def _run(
+        self, kind: str, mode: str, first: torch.Tensor, second: torch.Tensor, iters: int, flow_init: Any
+    ) -> RAFTOutput: ...
+
 
 DEFAULT_ITERS = 12  # RAFT's published count for inference at Sintel's and KITTI's sizes
 DEFAULT_SEQUENCE_BATCH = 4  # consecutive pairs `sequence` runs as one batch
