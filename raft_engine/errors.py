@@ -12,9 +12,11 @@ imports nothing.
 from __future__ import annotations
 
 __all__ = [
+    "ClusterError",
     "DownloadError",
     "ExportError",
     "FileFormatError",
+    "ImageTooLarge",
     "InputError",
     "InputTypeError",
     "MissingDependency",
@@ -44,6 +46,10 @@ class FileFormatError(InputError):
     """A file whose content is not what it should be: a corrupt or foreign image, flow file, video, graph."""
 
 
+class ImageTooLarge(InputError):
+    """An image of more pixels than allowed, refused from its header before it is decoded."""
+
+
 class WeightsError(FileFormatError):
     """A checkpoint or state dict that is not one of the RAFT layouts raft-engine loads."""
 
@@ -70,6 +76,10 @@ class ProviderError(RaftEngineError, OSError):
 
 class ExportError(RaftEngineError, RuntimeError):
     """The exported graph does not do what was asked (wrong shapes, custom operators, numbers off)."""
+
+
+class ClusterError(RaftEngineError, ConnectionError):
+    """A Ray cluster that cannot be reached or joined."""
 
 
 class NotAvailable(RaftEngineError):

@@ -108,6 +108,38 @@ def test_read_video_reports_the_container_and_decodes_the_frames(workdir, decode
     assert sum(1 for _ in video) == FRAMES
 
 
+def _encode(path, frames, codec: str, options: dict[str, str], gop: int, b_frames: int) -> None:
+    """Frames into a file with keyframes every `gop` frames and B-frames (decode order differs from
+    presentation order), as long videos from cameras and editors come."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=FPS, options=options)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.codec_context.max_b_frames = b_frames
+        for picture in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        container.mux(stream.encode())
+
+
+@pytest.mark.parametrize("name, codec, options", [
+    ("gop.mp4", "libx264", {"crf": "18", "bf": "2", "keyint": "4", "min-keyint": "4", "sc_threshold": "0"}),
+    ("gop.mkv", "mpeg4", {"qscale": "3"}),
+])  # fmt: skip
+def test_frames_from_a_start_seek_to_the_keyframe_before_it(tmp_path, name, codec, options):
+    frames = generate_sequence(3, frames=13, height=64, width=96).frames
+    _encode(tmp_path / name, frames, codec, options, gop=4, b_frames=2)
+    video = read_video(tmp_path / name)
+    everything = list(video.frames())
+    assert len(everything) == 13 == video.count_frames()
+    seek = video._keyframe_before(9)
+    assert seek is not None and seek[1][seek[0]] in (8, 9), seek  # the keyframe before frame 9, not frame 0
+    for start, stop in ((0, 3), (1, 5), (4, 8), (5, 13), (9, None), (12, 13), (13, None)):
+        got = list(video.frames(start, stop))
+        assert len(got) == len(everything[start:stop]), (start, stop)
+        for k, (frame, expected) in enumerate(zip(got, everything[start:stop], strict=True)):
+            np.testing.assert_array_equal(frame, expected, err_msg=f"frame {start + k} from {start}")
+
+
 def test_sequence_of_a_video_equals_estimate_on_its_frames(workdir, decoded, engine):
     results = list(engine.sequence(read_video(workdir / "clip.mp4"), iters=2, batch_size=3))
     assert len(results) == FRAMES - 1

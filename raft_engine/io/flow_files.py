@@ -56,10 +56,15 @@ def read_flo(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4", offset=12).reshape(height, width, 2).astype(np.float32)
 
 
-def write_flo(path: str | os.PathLike, flow) -> None:
+def flo_bytes(flow) -> bytes:
+    """The contents of a Middlebury .flo file of `flow` (H, W, 2)."""
     flow = as_flow_array(flow)
     height, width = flow.shape[:2]
-    write_atomically(path, struct.pack("<fii", FLO_MAGIC, width, height) + flow.astype("<f4").tobytes())
+    return struct.pack("<fii", FLO_MAGIC, width, height) + flow.astype("<f4").tobytes()
+
+
+def write_flo(path: str | os.PathLike, flow) -> None:
+    write_atomically(path, flo_bytes(flow))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -73,14 +78,14 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
-def _write_png16_rgb(path: str | os.PathLike, pixels: np.ndarray) -> None:
-    """pixels: (H, W, 3) uint16."""
+def _png16_rgb(pixels: np.ndarray) -> bytes:
+    """pixels: (H, W, 3) uint16 -> a PNG file's contents."""
     height, width, _ = pixels.shape
     rows = pixels.astype(">u2").reshape(height, width * 6 // 2).view(np.uint8).reshape(height, width * 6)
     raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1)  # filter type 0 per row
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
     chunks = (b"IHDR", header), (b"IDAT", zlib.compress(raw.tobytes(), 6)), (b"IEND", b"")
-    write_atomically(path, _PNG_SIGNATURE + b"".join(_png_chunk(kind, payload) for kind, payload in chunks))
+    return _PNG_SIGNATURE + b"".join(_png_chunk(kind, payload) for kind, payload in chunks)
 
 
 def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -169,6 +174,11 @@ def read_kitti_flow(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 def write_kitti_flow(path: str | os.PathLike, flow, valid: np.ndarray | None = None) -> None:
     """valid: (H, W) bool, default all valid. The format holds |u|, |v| < 512 in steps of 1/64 px."""
+    write_atomically(path, kitti_flow_bytes(flow, valid))
+
+
+def kitti_flow_bytes(flow, valid: np.ndarray | None = None) -> bytes:
+    """The contents of a KITTI 16-bit PNG flow file (see `write_kitti_flow`)."""
     flow = as_flow_array(flow)
     height, width = flow.shape[:2]
     if valid is None:
@@ -188,4 +198,4 @@ def write_kitti_flow(path: str | os.PathLike, flow, valid: np.ndarray | None = N
         )
     encoded[~valid] = KITTI_OFFSET
     pixels = np.concatenate([encoded, valid[..., None].astype(np.float64)], axis=2)
-    _write_png16_rgb(path, pixels.astype(np.uint16))
+    return _png16_rgb(pixels.astype(np.uint16))

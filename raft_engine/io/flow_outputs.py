@@ -15,18 +15,26 @@ import numpy as np
 
 from raft_engine.errors import InputError, PathError
 from raft_engine.io.files import check_output_file, check_output_folder
-from raft_engine.io.flow_files import KITTI_SCALE, as_flow_array, write_flo, write_kitti_flow
+from raft_engine.io.files import write_atomically
+from raft_engine.io.flow_files import KITTI_SCALE, as_flow_array, kitti_flow_bytes, write_flo
 from raft_engine.io.images import write_image, write_mask
 from raft_engine.io.video import VideoWriter
 from raft_engine.io.visualize import flow_to_color
 
 
-def write_kitti_clipped(path: str | Path, flow: np.ndarray) -> int:
-    """A KITTI 16-bit PNG flow file in which pixels beyond the format's range (-512 to 511.98 px) are
-    marked invalid -> how many were."""
+def kitti_clipped_bytes(flow: np.ndarray) -> tuple[bytes, int]:
+    """A KITTI 16-bit PNG flow file's contents in which pixels beyond the format's range (-512 to 511.98 px)
+    are marked invalid -> (the contents, how many were)."""
     valid = np.all((flow >= -512) & (flow <= 32767 / KITTI_SCALE), axis=2)
-    write_kitti_flow(path, flow, valid)
-    return int(valid.size - valid.sum())
+    return kitti_flow_bytes(flow, valid), int(valid.size - valid.sum())
+
+
+def write_kitti_clipped(path: str | Path, flow: np.ndarray) -> int:
+    """A KITTI 16-bit PNG flow file in which pixels beyond the format's range are marked invalid -> how many
+    were (see `kitti_clipped_bytes`)."""
+    contents, invalid = kitti_clipped_bytes(flow)
+    write_atomically(path, contents)
+    return invalid
 
 
 @dataclass

@@ -8,41 +8,60 @@ from typing import Any
 
 import numpy as np
 
-from raft_engine.errors import FileFormatError, InputError, MissingFileError
-from raft_engine.io.files import write_atomically
+from raft_engine.errors import FileFormatError, ImageTooLarge, InputError, MissingFileError
+from raft_engine.io.files import read_bytes, write_atomically
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An 8-bit image file -> (H, W, 3) uint8 RGB. Grayscale is repeated to 3 channels; an alpha
     channel is accepted only when fully opaque; 16-bit images are refused rather than truncated."""
-    from PIL import Image
-
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"no such image file: {path}")
+    return decode_image(read_bytes(path, "image file"), str(path))
+
+
+def decode_image(data: bytes, name: str = "the image", max_pixels: int | None = None) -> np.ndarray:
+    """The bytes of an image file -> (H, W, 3) uint8 RGB, as `read_image`; `name` says which in errors.
+    max_pixels: an image of more pixels raises ImageTooLarge from its header, before it is decoded (a
+    decompression bomb costs nothing)."""
+    import io
+    import warnings
+
+    from PIL import Image
+
     try:
-        opened = Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data))
+        width, height = opened.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageTooLarge(
+                f"{name} is {height}x{width} (HxW), {width * height} pixels: more than the {max_pixels} allowed"
+            )
         # Pillow decodes 16-bit colour PNGs to 8-bit "RGB"; the raw mode of the tile still says 16.
         rawmodes = [str(tile[3]) for tile in opened.tile]  # (codec, extents, offset, rawmode)
         opened.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageTooLarge(f"{name} is too large to decode ({_reason(error)})") from error
     except (OSError, SyntaxError) as error:  # PIL raises these for unreadable or truncated files
-        raise FileFormatError(f"{path} is not an image file Pillow can read ({_reason(error)})") from error
+        raise FileFormatError(f"{name} is not an image file Pillow can read ({_reason(error)})") from error
     image: Image.Image = opened  # conversions below return plain images
     if image.mode in ("I", "I;16", "I;16B", "F") or any(";16" in mode for mode in rawmodes):
         raise FileFormatError(
-            f"{path} is a 16-bit or floating-point image (mode {image.mode}); convert it to 8-bit RGB first"
+            f"{name} is a 16-bit or floating-point image (mode {image.mode}); convert it to 8-bit RGB first"
         )
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA"):
         alpha = np.asarray(image.getchannel("A"))
         if alpha.min() < 255:
-            raise InputError(f"{path} has transparent pixels; flatten its alpha channel first")
+            raise InputError(f"{name} has transparent pixels; flatten its alpha channel first")
         image = image.convert("RGB")
     if image.mode == "L":
         image = image.convert("RGB")
     if image.mode != "RGB":
-        raise InputError(f"{path} has unsupported image mode {image.mode!r}; convert it to RGB first")
+        raise InputError(f"{name} has unsupported image mode {image.mode!r}; convert it to RGB first")
     return np.asarray(image).copy()
 
 

@@ -84,13 +84,20 @@ class VideoReader:
         return container
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        return self.frames()
+
+    def frames(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+        """Frames start, start + 1, ... before stop (None: to the last), counted from 0. From a start past 0,
+        decoding begins at the last keyframe at or before it, found by reading the packets (not decoding
+        them), where the packets' timestamps are complete and distinct; else, or where the decoder does not
+        land on that keyframe, it begins at the first frame. Frames before start are decoded but not
+        converted to RGB."""
+        seek = self._keyframe_before(start) if start > 0 else None
         container = self._open()
         try:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"  # frame-parallel decoding: the decoder keeps up with RAFT
-            decoded = container.decode(stream)
-            index = 0
-            while True:
+            stream, decoded, index_of = self._start(container, seek)
+            index, started = 0, False
+            while stop is None or index < stop:
                 try:
                     frame = next(decoded)
                 except StopIteration:
@@ -99,6 +106,26 @@ class VideoReader:
                     raise FileFormatError(
                         f"{self.path}: decoding failed after {index} frame(s) ({_reason(error)})"
                     ) from error
+                if index_of is not None:
+                    found = index_of.get(frame.pts)
+                    if not started and (found is None or found > start):
+                        # The seek landed past the frame: decode from the first frame instead.
+                        container.close()
+                        container = self._open()
+                        stream, decoded, index_of = self._start(container, None)
+                        continue
+                    if found is None or (started and found != index):
+                        raise FileFormatError(
+                            f"{self.path}: after frame {index - 1} the decoder gave a frame of timestamp "
+                            f"{frame.pts}, not frame {index}'s"
+                        )
+                    index = found
+                if index < start:
+                    index += 1
+                    continue
+                if stop is not None and index >= stop:
+                    return
+                started = True
                 try:
                     picture = frame.to_ndarray(format="rgb24")
                 except (self._av.error.FFmpegError, ValueError) as error:
@@ -107,6 +134,60 @@ class VideoReader:
                     ) from error
                 yield picture
                 index += 1
+        finally:
+            container.close()
+
+    def _start(self, container: Any, seek: tuple[int, dict[int, int]] | None) -> tuple[Any, Any, dict | None]:
+        """-> (the video stream, its decoding iterator, {timestamp: frame index} after a seek, else None)."""
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame-parallel decoding: the decoder keeps up with RAFT
+        index_of = None
+        if seek is not None:
+            try:
+                container.seek(seek[0], stream=stream, backward=True, any_frame=False)
+                index_of = seek[1]
+            except self._av.error.FFmpegError:
+                container.seek(0, stream=stream, backward=True, any_frame=False)
+        return stream, container.decode(stream), index_of
+
+    def _keyframe_before(self, start: int) -> tuple[int, dict[int, int]] | None:
+        """-> (the timestamp of the last keyframe at or before frame `start`, {timestamp: frame index}), from
+        the packets alone; None where their timestamps cannot say (missing or repeated) or no keyframe comes
+        before the frame."""
+        container = self._open()
+        stamps: list[int] = []
+        keys: list[int] = []
+        try:
+            for packet in container.demux(container.streams.video[0]):
+                if not packet.size:
+                    continue  # the demuxer's closing empty packet
+                if packet.pts is None:
+                    return None
+                stamps.append(packet.pts)
+                if packet.is_keyframe:
+                    keys.append(packet.pts)
+        except self._av.error.FFmpegError:
+            return None  # decoding from the first frame reports what is wrong, where it is
+        finally:
+            container.close()
+        stamps.sort()
+        if start >= len(stamps) or len(set(stamps)) != len(stamps):
+            return None
+        before = [key for key in keys if key <= stamps[start]]
+        if not before:
+            return None
+        return max(before), {stamp: index for index, stamp in enumerate(stamps)}
+
+    def count_frames(self) -> int:
+        """The number of frames: what the container records, else the video packets counted (demuxed, not
+        decoded)."""
+        if self.frame_count is not None:
+            return self.frame_count
+        container = self._open()
+        try:
+            return sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
+        except self._av.error.FFmpegError as error:
+            raise FileFormatError(f"{self.path}: reading its packets failed ({_reason(error)})") from error
         finally:
             container.close()
 

@@ -182,11 +182,11 @@ class FlowEngine:
         batch2 = to_image_batch(image2, "image2").to(self.device)
         check_pair(batch1, batch2)
         height, width = batch1.shape[-2:]
-        padder = self._padder(height, width)
+        padder = self.padder_for(height, width)
         return self._pad(padder, batch1), self._pad(padder, batch2), padder
 
-    def _padder(self, height: int, width: int) -> Padder:
-        """The padder of height x width images, which must be large enough for RAFT."""
+    def padder_for(self, height: int, width: int) -> Padder:
+        """The padder of height x width images; images too small for RAFT raise InputError, naming the minimum."""
         padder = Padder(height, width, self.padding)
         padded_h, padded_w = padder.padded_size
         minimum = self.config.min_image_size

@@ -27,7 +27,7 @@ class FlowEngine(Protocol):
 
     def corr_mode_for(self, batch: int, height: int, width: int) -> str: ...
 
-    def _padder(self, height: int, width: int) -> Padder: ...
+    def padder_for(self, height: int, width: int) -> Padder: ...
 
     def _pad(self, padder: Padder, batch: torch.Tensor) -> torch.Tensor: ...
 
@@ -94,7 +94,7 @@ def run_sequence(
             if image is None:
                 break
             if padder is None:
-                padder = engine._padder(*image.shape[-2:])
+                padder = engine.padder_for(*image.shape[-2:])
         except Exception as error:  # a bad frame, or the source failing: first the pairs before it
             failure = error
             break
