@@ -33,6 +33,16 @@ def seed():
 
 
 @pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session (2 CPUs), for the batch and server tests, shut down at the end."""
+    ray = pytest.importorskip("ray", reason="Ray (the [ray] extra) is not installed")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def reference() -> dict[str, np.ndarray]:
     with np.load(DATA / "raft_reference.npz") as npz:
         return {k: npz[k] for k in npz.files}

@@ -45,6 +45,18 @@ def test_the_core_runs_without_triton():
     assert done.stdout.split("\n")[:2] == ["(1, 2, 128, 136) True", "False"]
 
 
+def test_batch_without_ray_is_one_line_naming_the_extra(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys\nsys.modules['ray'] = None  # as if Ray were not installed\n"
+         "from raft_engine.cli import main\nsys.exit(main(sys.argv[1:]))", "batch", str(tmp_path), "-o",
+         str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr == 'raft-engine: error: batch jobs need Ray Data, which is not installed: pip install -e ".[ray]"\n'
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_triton_backend_without_triton_is_one_clear_error():
     done = run_without_triton(
         "from raft_engine import FlowEngine, load_model\n"
@@ -172,8 +184,12 @@ ALLOWED = {
         "raft_engine.errors", "raft_engine.interpreter", "raft_engine.io", "raft_engine.model", "raft_engine.runtime",
         "raft_engine.scenes", "raft_engine.weights", "raft_engine.export",
     },
+    "raft_engine.distributed": {
+        "raft_engine.errors", "raft_engine.io", "raft_engine.model", "raft_engine.runtime", "raft_engine.weights",
+    },
     "raft_engine.cli": {
-        "raft_engine", "raft_engine.errors", "raft_engine.evaluation", "raft_engine.export", "raft_engine.io",
+        "raft_engine", "raft_engine.distributed", "raft_engine.errors", "raft_engine.evaluation", "raft_engine.export",
+        "raft_engine.io",
         "raft_engine.model", "raft_engine.runtime", "raft_engine.scenes", "raft_engine.tools",
         "raft_engine.training", "raft_engine.weights",
     },

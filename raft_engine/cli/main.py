@@ -8,11 +8,11 @@ import argparse
 import sys
 import warnings
 
-from raft_engine.cli import bench, demo, evaluate, export, flow, inspect, presets, selftest, train
+from raft_engine.cli import batch, bench, demo, evaluate, export, flow, inspect, presets, selftest, train
 from raft_engine.errors import RaftEngineError
 
 # One module per command, in the order `raft-engine --help` lists them.
-COMMANDS = (flow, inspect, export, demo, bench, presets, selftest, evaluate, train)
+COMMANDS = (flow, inspect, export, demo, batch, bench, presets, selftest, evaluate, train)
 
 # Optional packages some commands need, and how to get them.
 OPTIONAL = {
@@ -22,6 +22,8 @@ OPTIONAL = {
     "av": 'pip install av (PyAV, the project\'s [video] extra: pip install -e ".[video]")',
     "tritonclient": "pip install 'tritonclient[http]' (the project's [triton-client] extra)",
     "matplotlib": "pip install matplotlib (the project's [plot] extra)",
+    "ray": 'pip install -e ".[ray]" (Ray Data and Ray Serve)',
+    "pyarrow": 'pip install -e ".[ray]" (pyarrow, for the Parquet tables)',
 }
 
 
