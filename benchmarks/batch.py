@@ -1,15 +1,16 @@
 """Batch jobs on Ray: how `flow_batch` scales with its workers, what a job costs against one process, and
 what restarting the warm start at each shard's first pair costs in accuracy.
 
-    python benchmarks/batch.py --json benchmarks/results/DATE-batch-cpu.json   # the README's run, 2 CPUs
+    python benchmarks/batch.py --json benchmarks/results/DATE-batch-cpu.json   # the documented run, 2 CPUs
     python benchmarks/batch.py --quick                                         # a smoke run: small, 1 repeat
 
 (a) Scaling: pairs/s of a job over --clips generated clips of --frames frames with 1 and with 2 workers of one
     CPU thread each; and, without Ray, of 1 and 2 plain processes started for the same clips, on one thread
     each, running each whole clip through `FlowEngine.sequence` (2 processes: half the clips each), which
-    is what one would do without a job and shows what the machine itself allows. Ray starts once beforehand on this machine (--cpus CPUs), as a
-    cluster is already running when a job is submitted; each wall time counts the start of the workers or
-    processes (importing torch, loading the weights), their work, and for a job its tables. The runs take
+    is what one would do without a job and shows what the machine itself allows. Ray starts once
+    beforehand on this machine (--cpus CPUs), as a cluster is already running when a job is submitted;
+    each wall time counts the start of the workers or processes (importing torch, loading the weights),
+    their work, and for a job its tables. The runs take
     turns, --repeats times, and each figure is the median. ratio: 2-worker pairs/s over 1-worker pairs/s;
     beside it the same from the seconds the workers spent in their shards (the manifest's), without the
     start. overhead: the 1-worker job's wall time over the 1 process's, minus 1.
@@ -147,7 +148,9 @@ def warm_start_cost(root: Path, args: argparse.Namespace) -> dict:
             job = read_flo(root / "warm" / f"clip{k}" / f"{t:06d}.flo")
             pair = {"job_warm": job, "one_process_warm": warm[t].flow, "cold": cold[t].flow}
             for name, flow in pair.items():
-                array = flow if isinstance(flow, np.ndarray) else flow.reshape(2, *truth.shape[:2]).permute(1, 2, 0).numpy()
+                if not isinstance(flow, np.ndarray):
+                    flow = flow.reshape(2, *truth.shape[:2]).permute(1, 2, 0).numpy()
+                array = flow
                 errors[name].append(float(end_point_error(array, truth).mean()))
             if t > 0 and t % args.shard_frames == 0:  # a shard's first pair: the job starts it cold
                 for name in restarts:
@@ -155,7 +158,8 @@ def warm_start_cost(root: Path, args: argparse.Namespace) -> dict:
     mean = {name: round(float(np.mean(values)), 4) for name, values in errors.items()}
     return {
         "clips": args.warm_clips, "frames_per_clip": args.warm_frames, "size": [args.warm_height, args.warm_width],
-        "iters": args.iters, "shard_frames": args.shard_frames, "model": "builtin", "seeds": list(range(args.warm_clips)),
+        "iters": args.iters, "shard_frames": args.shard_frames, "model": "builtin",
+        "seeds": list(range(args.warm_clips)),
         "epe": mean,
         "epe_cost_of_shards": round(mean["job_warm"] - mean["one_process_warm"], 4),
         "restarted_pairs": len(restarts["job_warm"]),

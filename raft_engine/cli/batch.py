@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, shard_frames=args.shard_frames, workers=args.workers,
             gpus_per_worker=args.gpus_per_worker, threads_per_worker=args.threads_per_worker, address=args.address,
             writes=writes, bidirectional=args.bidirectional, warm_start=args.warm_start, overwrite=args.overwrite,
-            max_retries=args.max_retries, start_timeout=args.start_timeout, progress=progress, crash_marker=args.crash_once,
+            max_retries=args.max_retries, start_timeout=args.start_timeout, progress=progress,
+            crash_marker=args.crash_once,
         )  # fmt: skip
     finally:
         progress.close()

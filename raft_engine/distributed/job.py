@@ -42,8 +42,17 @@ DEFAULT_SHARD_FRAMES = 32
 
 @dataclass(frozen=True)
 class BatchReport:
-    """What a job did: clips and pairs in all, shards run now and skipped as done, clips that failed (with
-    their reasons, also in OUT/errors.jsonl), the nodes that ran shards, and the seconds it took."""
+    """What a batch job did.
+
+    Attributes:
+        clips: the clips of the job.
+        pairs: their pairs in all.
+        shards_run: the shards run by this call.
+        shards_skipped: the shards a previous run had finished.
+        failed: clip name -> the reason it failed (also in OUT/errors.jsonl).
+        nodes: the Ray nodes that ran shards.
+        seconds: the job's wall time.
+    """
 
     clips: int
     pairs: int
@@ -55,6 +64,7 @@ class BatchReport:
 
     @property
     def ok(self) -> bool:
+        """Whether every clip succeeded."""
         return not self.failed
 
 
@@ -193,18 +203,46 @@ def flow_batch(
     progress: Callable[[int, int], None] | None = None,
     crash_marker: str | None = None,
 ) -> BatchReport:
-    """The flow of every consecutive pair of every clip of `inputs` (video files, folders of frames, text
-    files listing them), into `output`; see the README's "Batch jobs on a Ray cluster".
+    """Compute the flow of every consecutive pair of every clip, on a Ray cluster.
 
-    weights, options, iters, batch_size, bidirectional, warm_start: the engine and `FlowEngine.sequence`'s
-    settings (a warm start restarts cold at each shard's first pair). shard_frames: pairs per shard.
-    workers: actors in the pool, each with `gpus_per_worker` GPUs (fractions allowed; 0: the CPU, with
-    `threads_per_worker` threads, default 1). address: None for Ray on this machine, "auto" or
-    "ray://HOST:10001" or "HOST:PORT" to join a cluster. writes: the files per pair (WRITE_KINDS).
-    overwrite: start over where OUT holds a job of another configuration. max_retries: how often a shard
-    whose worker died runs again. start_timeout: seconds to wait for the pool's
-    workers to start (a cluster too small for them fails then, naming its resources). progress: called with (pairs done, pairs in all) as shards finish.
-    crash_marker: a test switch (see `ShardWorker`).
+    Each clip is cut into shards of `shard_frames` pairs that overlap by one frame; an actor pool of
+    `workers` runs them, each worker building its engine once and running `FlowEngine.sequence` over a
+    shard. The files asked for are written atomically under `output/<clip>/`, the statistics into
+    `output/pairs.parquet` and `output/clips.parquet`, and a manifest records each finished shard, so that
+    the same call again skips them (docs/pages/guides/batch.md describes the outputs).
+
+    Args:
+        inputs: video files, folders of frames, or text files (.txt, .lst, .list) listing them; each is one clip.
+        output: the output folder, created if missing.
+        weights: the checkpoint or preset of `load_model` ("builtin" by default).
+        options: the engine's settings; without GPUs per worker the device defaults to the CPU.
+        iters: refinement iterations per pair.
+        batch_size: consecutive pairs a worker runs together (`FlowEngine.sequence`'s, default 4).
+        shard_frames: pairs per shard, at least 2.
+        workers: actors in the pool.
+        gpus_per_worker: GPUs per worker, fractions allowed; 0 runs on the CPU.
+        threads_per_worker: CPU threads of each worker without a GPU (default 1).
+        address: None to start Ray on this machine (or use the Ray this process runs); "auto", "HOST:PORT"
+            or "ray://HOST:10001" to join a cluster.
+        writes: the files per pair, kinds of `WRITE_KINDS` ("flo", "png", "kitti", "npz", "masks").
+        bidirectional: both directions and the occlusion masks; adds the occluded fraction to pairs.parquet.
+        warm_start: start each pair from the previous one's flow; cold again at each shard's first pair.
+        overwrite: start over where `output` holds a job of another configuration (else it is refused).
+        max_retries: how often a shard whose worker died runs again.
+        start_timeout: seconds to wait for the pool's workers to start; a cluster too small for them fails
+            then, naming its resources.
+        progress: called with (pairs done, pairs in all) as shards finish.
+        crash_marker: a test switch: the path of a file whose absence makes a worker exit in the middle of
+            its first shard of at least 2 pairs, once (it creates the file first).
+
+    Returns:
+        What the job did: clips and pairs, shards run and skipped, the clips that failed, the nodes.
+
+    Raises:
+        InputError: a setting out of range, an unknown write kind, no inputs, two clips of one name, or an
+            output folder holding another configuration without `overwrite`.
+        MissingDependency: Ray or pyarrow is not installed.
+        ClusterError: the cluster cannot be reached, or is too small for the pool.
     """
     started = time.perf_counter()
     _require_ray()
@@ -248,8 +286,9 @@ def flow_batch(
             worker_options = dict(weights=weights, options=options.to_dict(), iters=iters, batch_size=batch_size,
                                   bidirectional=bidirectional, warm_start=warm_start, writes=writes, output=str(out),
                                   threads=threads_per_worker, crash_marker=crash_marker)  # fmt: skip
-            for row in _run(todo, worker_options, workers, gpus_per_worker, threads_per_worker or 1, max_retries,
-                            start_timeout):
+            for row in _run(
+                todo, worker_options, workers, gpus_per_worker, threads_per_worker or 1, max_retries, start_timeout
+            ):
                 if row["status"] != "ok":
                     failed.setdefault(row["clip"], row["reason"])
                     continue
@@ -292,10 +331,11 @@ def _run(
     with warnings.catch_warnings():
         # max_restarts and max_task_retries go through Ray's deprecated remote arguments: no named form yet.
         warnings.simplefilter("ignore")
+        # One shard in flight per worker: otherwise the pool queues shards on the first worker to start.
+        pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1)
         results = dataset.map_batches(
-            ShardWorker, fn_constructor_kwargs=worker_options, compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
-            batch_size=1, batch_format="numpy", num_cpus=cpus, num_gpus=gpus or None, max_restarts=retries,
-            max_task_retries=retries,
+            ShardWorker, fn_constructor_kwargs=worker_options, compute=pool, batch_size=1, batch_format="numpy",
+            num_cpus=cpus, num_gpus=gpus or None, max_restarts=retries, max_task_retries=retries,
         )  # fmt: skip
     try:
         for row in results.iter_rows():

@@ -139,8 +139,8 @@ class Manifest:
 
 
 def write_tables(output: Path, entries: list[dict[str, Any]], frames: dict[str, int], bidirectional: bool) -> None:
-    """OUT/pairs.parquet and OUT/clips.parquet from the finished shards' entries (see the README's batch
-    section for the columns), each written whole under a temporary name and renamed."""
+    """OUT/pairs.parquet and OUT/clips.parquet from the finished shards' entries (docs/pages/guides/batch.md
+    lists the columns), each written whole under a temporary name and renamed."""
     import pyarrow as pa
 
     rows = sorted(

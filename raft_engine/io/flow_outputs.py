@@ -14,8 +14,7 @@ from types import TracebackType
 import numpy as np
 
 from raft_engine.errors import InputError, PathError
-from raft_engine.io.files import check_output_file, check_output_folder
-from raft_engine.io.files import write_atomically
+from raft_engine.io.files import check_output_file, check_output_folder, write_atomically
 from raft_engine.io.flow_files import KITTI_SCALE, as_flow_array, kitti_flow_bytes, write_flo
 from raft_engine.io.images import write_image, write_mask
 from raft_engine.io.video import VideoWriter
