@@ -53,7 +53,9 @@ def test_batch_without_ray_is_one_line_naming_the_extra(tmp_path):
         capture_output=True, text=True, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"},
     )  # fmt: skip
     assert done.returncode == 1
-    assert done.stderr == 'raft-engine: error: batch jobs need Ray Data, which is not installed: pip install -e ".[ray]"\n'
+    assert (
+        done.stderr == 'raft-engine: error: batch jobs need Ray Data, which is not installed: pip install -e ".[ray]"\n'
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -187,10 +189,14 @@ ALLOWED = {
     "raft_engine.distributed": {
         "raft_engine.errors", "raft_engine.io", "raft_engine.model", "raft_engine.runtime", "raft_engine.weights",
     },
+    "raft_engine.serving": {
+        "raft_engine", "raft_engine.errors", "raft_engine.io", "raft_engine.model", "raft_engine.runtime",
+        "raft_engine.weights",
+    },
     "raft_engine.cli": {
         "raft_engine", "raft_engine.distributed", "raft_engine.errors", "raft_engine.evaluation", "raft_engine.export",
         "raft_engine.io",
-        "raft_engine.model", "raft_engine.runtime", "raft_engine.scenes", "raft_engine.tools",
+        "raft_engine.model", "raft_engine.runtime", "raft_engine.scenes", "raft_engine.serving", "raft_engine.tools",
         "raft_engine.training", "raft_engine.weights",
     },
     "raft_engine.train": {"raft_engine.cli"},  # the alias of `raft-engine train`

@@ -8,11 +8,11 @@ import argparse
 import sys
 import warnings
 
-from raft_engine.cli import batch, bench, demo, evaluate, export, flow, inspect, presets, selftest, train
+from raft_engine.cli import batch, bench, demo, evaluate, export, flow, inspect, presets, selftest, serve, train
 from raft_engine.errors import RaftEngineError
 
 # One module per command, in the order `raft-engine --help` lists them.
-COMMANDS = (flow, inspect, export, demo, batch, bench, presets, selftest, evaluate, train)
+COMMANDS = (flow, inspect, export, demo, batch, serve, bench, presets, selftest, evaluate, train)
 
 # Optional packages some commands need, and how to get them.
 OPTIONAL = {
@@ -24,6 +24,8 @@ OPTIONAL = {
     "matplotlib": "pip install matplotlib (the project's [plot] extra)",
     "ray": 'pip install -e ".[ray]" (Ray Data and Ray Serve)',
     "pyarrow": 'pip install -e ".[ray]" (pyarrow, for the Parquet tables)',
+    "fastapi": 'pip install -e ".[ray]" (Ray Serve\'s FastAPI)',
+    "multipart": 'pip install -e ".[ray]" (python-multipart, for the server\'s forms)',
 }
 
 
