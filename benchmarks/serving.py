@@ -13,10 +13,11 @@ without dynamic batching, the errors, and the replica's resident memory across 1
     Latency (from sending to the whole answer) p50, p90 and p99, requests/s over the wall time, the
     status codes, and the batch sizes the server reported. Each server first answers 2 x max batch size
     requests, not counted (the first batch of a size builds its buffers).
-(b) Saturation: the batching server with --saturated-queue requests allowed to wait, at concurrency 16:
-    what is refused must be 503 with Retry-After, and nothing else may fail.
-(c) Memory: the resident set size of the replica's process after a warm-up of 64 requests and after
-    --memory-requests more (concurrency 4, batches of up to 8, 128x128 pairs at 2 iterations).
+(b) Saturation: the batching server with --saturated-queue requests allowed to wait, at concurrency 32,
+    past what it holds (2 x 8 in the replica, plus those waiting): what is refused must be 503 with
+    Retry-After, and nothing else may fail.
+(c) Memory: the resident set size of the replica's process after a warm-up of 64 requests and after each
+    fifth of --memory-requests more (concurrency 4, batches of up to 8, 128x128 pairs at 2 iterations).
 """
 
 from __future__ import annotations
@@ -105,6 +106,52 @@ def _replica_rss(app: str) -> int:
     return psutil.Process(pid).memory_info().rss
 
 
+def _saturation(args: argparse.Namespace, url: str, files: dict, fields: dict, common: dict) -> dict:
+    """(b): the batching server past what it holds; what is refused must be 503 with Retry-After."""
+    from ray import serve
+
+    from raft_engine.serving import build_app
+
+    serve.run(build_app(max_batch_size=8, max_queued=args.saturated_queue, **common), name="bench", route_prefix="/")
+    _load(url, files, fields, 16, 16)
+    # The replica holds 2 x 8 requests (a batch running, the next filling) and Serve queues --saturated-queue
+    # more: a concurrency of 32 passes that, so some requests must be refused.
+    capacity = 2 * 8 + args.saturated_queue
+    result = {"max_batch_size": 8, "max_queued": args.saturated_queue, "capacity": capacity,
+              **_load(url, files, fields, max(args.requests, 64), 32)}  # fmt: skip
+    print(json.dumps(result), file=sys.stderr, flush=True)
+    serve.delete("bench")
+    return result
+
+
+def _memory(args: argparse.Namespace, url: str, small_files: dict, common: dict) -> dict:
+    """(c): the replica's resident set after a warm-up and after each fifth of --memory-requests."""
+    from ray import serve
+
+    from raft_engine.serving import build_app
+
+    serve.run(build_app(max_batch_size=8, **{**common, "iters": 2}), name="bench", route_prefix="/")
+    _load(url, small_files, {}, 64, 4)
+    before = _replica_rss("bench")
+    # Growth that stops is the allocator settling; growth that goes on is a leak.
+    steps, codes, seconds = [], collections.Counter(), 0.0
+    for _ in range(5):
+        part = _load(url, small_files, {}, args.memory_requests // 5, 4)
+        codes.update(part["codes"])
+        seconds += part["wall_s"]
+        steps.append(round(_replica_rss("bench") / 2**20, 1))
+    result = {
+        "requests": args.memory_requests, "size": [128, 128], "iters": 2, "concurrency": 4,
+        "rss_mib_after_warmup": round(before / 2**20, 1), "rss_mib_after_each_fifth": steps,
+        "rss_mib_after": steps[-1], "growth_mib": round(steps[-1] - before / 2**20, 1),
+        "growth_mib_last_three_fifths": round(steps[-1] - steps[1], 1), "codes": dict(codes),
+        "requests_per_s": round(args.memory_requests // 5 * 5 / seconds, 3),
+    }  # fmt: skip
+    print(json.dumps(result), file=sys.stderr, flush=True)
+    serve.delete("bench")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", default="builtin")
@@ -120,6 +167,9 @@ def main() -> None:
     parser.add_argument("--memory-requests", type=int, default=1000)
     parser.add_argument("--port", type=int, default=8471)
     parser.add_argument("--quick", action="store_true", help="128x128, 2 iterations, 8 requests, 40 for memory")
+    parser.add_argument(
+        "--parts", default="load,saturation,memory", help="which of (a) load, (b) saturation, (c) memory to run"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.quick:
@@ -150,7 +200,8 @@ def main() -> None:
     record: dict = {"load": [], "saturation": None, "memory": None}
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        for max_batch in (1, 8):
+        parts = set(args.parts.split(","))
+        for max_batch in (1, 8) if "load" in parts else ():
             serve.run(build_app(max_batch_size=max_batch, **common), name="bench", route_prefix="/")
             _load(url, files, fields, 2 * max_batch, min(2 * max_batch, 16))  # warm-up, not counted
             for concurrency in (1, 4, 16):
@@ -158,25 +209,10 @@ def main() -> None:
                 print(json.dumps(result), file=sys.stderr, flush=True)
                 record["load"].append(result)
             serve.delete("bench")
-        serve.run(build_app(max_batch_size=8, max_queued=args.saturated_queue, **common), name="bench",
-                  route_prefix="/")  # fmt: skip
-        _load(url, files, fields, 16, 16)
-        record["saturation"] = {"max_batch_size": 8, "max_queued": args.saturated_queue,
-                                **_load(url, files, fields, args.requests, 16)}  # fmt: skip
-        print(json.dumps(record["saturation"]), file=sys.stderr, flush=True)
-        serve.delete("bench")
-        serve.run(build_app(max_batch_size=8, **{**common, "iters": 2}), name="bench", route_prefix="/")
-        _load(url, small_files, {}, 64, 4)
-        before = _replica_rss("bench")
-        memory = _load(url, small_files, {}, args.memory_requests, 4)
-        after = _replica_rss("bench")
-        record["memory"] = {
-            "requests": args.memory_requests, "size": [128, 128], "iters": 2, "concurrency": 4,
-            "rss_mib_after_warmup": round(before / 2**20, 1), "rss_mib_after": round(after / 2**20, 1),
-            "growth_mib": round((after - before) / 2**20, 1), "codes": memory["codes"],
-            "requests_per_s": memory["requests_per_s"],
-        }  # fmt: skip
-        print(json.dumps(record["memory"]), file=sys.stderr, flush=True)
+        if "saturation" in parts:
+            record["saturation"] = _saturation(args, url, files, fields, common)
+        if "memory" in parts:
+            record["memory"] = _memory(args, url, small_files, common)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -237,6 +237,40 @@ def test_the_kserve_protocol_and_the_triton_client(server, engine, pair):
         assert refused.status_code == 400 and message in refused.json()["error"], refused.text
 
 
+def test_the_triton_client_functions_against_this_server(server, engine):
+    """The Triton Inference Server client's functional form, its refusals and its settings, against this
+    server (tests/test_triton_server.py keeps a stand-in only for a fixed-size graph without batching)."""
+    from raft_engine.export import TritonFlowClient, triton_flow
+    from raft_engine.scenes import scene_tensors
+
+    address = server.removeprefix("http://")
+    for seeds, height, width in [([0], 131, 165), ([1, 2], 128, 200)]:  # padded by the client; a batch of two
+        image1, image2, _ = scene_tensors(seeds, height, width)
+        result = triton_flow(image1, image2, url=address, model_name="raft")
+        assert result.flow.shape == (len(seeds), 2, height, width) and result.flow_low is None
+        assert rel_error(result.flow, engine.estimate(image1, image2, iters=ITERS).flow) <= 1e-5
+    image = torch.full((1, 3, 128, 170), 128.0)
+    with pytest.raises(ValueError, match="image sizes differ"):
+        triton_flow(image, torch.full((1, 3, 136, 170), 128.0), url=address, model_name="raft")
+    client = TritonFlowClient(address, model_name="raft")
+    assert client.settings.runs_own_iters and client.settings.iters is None and client.settings.size is None
+    assert client.settings.source == f"{address}/raft" and "inference server" in client.describe()
+    with pytest.raises(ValueError, match="runs its graph's own iteration count"):
+        client.estimate(image, image, iters=12)
+
+
+def test_the_documentation_client_example_runs(server, engine, pair):
+    """docs/pages/guides/serving.md's KServe client example, against this server."""
+    import re
+    import textwrap
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "pages" / "guides" / "serving.md").read_text()
+    (example,) = [textwrap.dedent(block) for block in re.findall(r"```python\n(.*?) *```", page, flags=re.S)]
+    namespace = {"image1": pair[0], "image2": pair[1]}
+    exec(example.replace("127.0.0.1:8000", server.removeprefix("http://")), namespace)
+    assert rel_error(namespace["flow"], engine.estimate(*pair, iters=ITERS).flow) <= 1e-5
+
+
 def test_a_replica_that_dies_is_replaced(server, pair):
     import ray
 

@@ -1,9 +1,11 @@
 """The Triton Inference Server model repository and the HTTP client.
 
 config.pbtxt is parsed with tritonclient's own ModelConfig schema and checked against the ONNX graph.
-The client is tested against a stand-in server speaking the KServe v2 HTTP protocol that Triton speaks
-(JSON header plus binary tensors), which loads the repository as Triton would: its config.pbtxt and
-1/model.onnx, run by ONNX Runtime.
+The client is tested against raft-engine's own flow server, which speaks the same KServe v2 protocol
+(tests/test_serving.py). That server always batches and takes any size; a fixed-size graph without
+batching, which only a Triton repository can declare, is served here by a stand-in speaking the
+protocol (JSON header plus binary tensors) that loads the repository as Triton would: its config.pbtxt
+and 1/model.onnx, run by ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from conftest import rel_error
 from google.protobuf import text_format
 from synthetic import synthetic_state_dict
 from tritonclient.grpc import model_config_pb2
 
 from raft_engine.cli import main
-from raft_engine.export import OrtFlowSession, triton_flow, triton_model_config
+from raft_engine.export import triton_flow, triton_model_config
 from raft_engine.export.triton_server import check_repository
 from raft_engine.scenes import scene_tensors
 
@@ -243,25 +244,6 @@ def serve(folder):
     return f"127.0.0.1:{httpd.server_address[1]}", httpd
 
 
-@pytest.fixture(scope="module")
-def server(repository):
-    address, httpd = serve(repository / "flow")
-    yield address
-    httpd.shutdown()
-
-
-def test_client_gets_the_flow_of_the_served_graph(server, repository):
-    local = OrtFlowSession(repository / "flow" / "1" / "model.onnx", providers="cpu")
-    for seeds, height, width in [([0], 131, 165), ([1, 2], 128, 200)]:  # padded; a batch of two
-        image1, image2, _ = scene_tensors(seeds, height, width)
-        result = triton_flow(image1, image2, url=server, model_name="flow")
-        assert result.flow.shape == (len(seeds), 2, height, width) and result.flow_low is None
-        expected = local.estimate(image1, image2).flow
-        assert rel_error(result.flow, expected) < 1e-6  # the same graph on the same bytes
-    frames = [np.asarray(f[0].permute(1, 2, 0).to(torch.uint8)) for f in scene_tensors([3], 128, 160)[:2]]
-    assert triton_flow(*frames, url=server, model_name="flow").flow.shape == (1, 2, 128, 160)  # (H, W, 3) uint8
-
-
 def test_client_of_a_fixed_model_without_batching(tmp_path):
     folder = tmp_path / "tiny"
     (folder / "1").mkdir(parents=True)
@@ -295,38 +277,3 @@ def test_failed_triton_exports_leave_the_repository_as_it_was(tmp_path, capsys):
         assert main([*base, "--triton-repository", str(repo), *options]) == 1
         assert message in capsys.readouterr().err
         assert not repo.exists()
-
-
-def test_client_refuses_what_the_served_graph_cannot_take(server):
-    pairs = torch.full((5, 3, 128, 128), 128.0)
-    with pytest.raises(ValueError, match="model 'flow' takes batches of up to 4 \\(max_batch_size\\), got 5"):
-        triton_flow(pairs, pairs, url=server, model_name="flow")
-    image = torch.full((1, 3, 100, 170), 128.0)
-    with pytest.raises(ValueError, match="model 'flow' takes sides from 128 to 8192; images of 100x170 pad to 104x176"):
-        triton_flow(image, image, url=server, model_name="flow")
-    with pytest.raises(ValueError, match="image sizes differ"):
-        triton_flow(image, torch.full((1, 3, 128, 170), 128.0), url=server, model_name="flow")
-
-
-def test_the_session_and_the_client_are_flow_estimators(server, repository):
-    from raft_engine import FlowEstimator
-    from raft_engine.export import TritonFlowClient
-
-    session = OrtFlowSession(repository / "flow" / "1" / "model.onnx", providers="cpu")
-    client = TritonFlowClient(server, model_name="flow")
-    assert isinstance(session, FlowEstimator) and isinstance(client, FlowEstimator)
-    assert session.settings.runs_own_iters and not session.settings.takes_flow_init
-    assert session.settings.iters == int(session.metadata["raft_engine.iterations"])
-    assert client.settings.runs_own_iters and client.settings.iters is None and client.settings.size is None
-    assert client.settings.source == f"{server}/flow" and "inference server" in client.describe()
-    frames = [scene_tensors([seed], 128, 160)[0] for seed in (0, 1)]
-    frames.append(frames[0].flip(-1))
-    served = [result.flow for result in client.sequence(frames)]
-    local = [result.flow for result in session.sequence(frames)]
-    assert len(served) == 2 and all(rel_error(a, b) < 1e-6 for a, b in zip(served, local, strict=True))
-    with pytest.raises(ValueError, match="runs its graph's own iteration count"):
-        client.estimate(frames[0], frames[1], iters=12)
-    with pytest.raises(ValueError, match="was exported with .* iterations, not 99"):
-        session.estimate(frames[0], frames[1], iters=99)
-    with pytest.raises(ValueError, match="warm start needs flow_init"):
-        list(session.sequence(frames, warm_start=True))

@@ -11,6 +11,7 @@ cropped back: each flow is the one `FlowEngine.estimate` gives for the pair alon
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -86,6 +87,9 @@ class FlowServer:
         self.engine = FlowEngine(load_model(self.settings.weights), EngineOptions(**self.settings.options))
         self.batchers: dict[tuple, Callable[[_Item], Awaitable[tuple[Any, int]]]] = {}
         self.lock = asyncio.Lock()
+        # The engine runs in one thread of its own: with asyncio's default pool each batch could land on
+        # another thread, and each new thread takes a malloc arena of its own, which grows the resident set.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raft-engine")
 
     # -- health and KServe metadata ------------------------------------------------------------------------
 
@@ -228,7 +232,8 @@ class FlowServer:
 
             async def run(items: list[_Item]) -> list[tuple[Any, int]]:
                 async with self.lock:  # one batch at a time on the engine, off the event loop
-                    return await asyncio.to_thread(self._compute, items, iters, both)
+                    loop = asyncio.get_running_loop()
+                    return await loop.run_in_executor(self.executor, self._compute, items, iters, both)
 
             self.batchers[key] = serve.batch(
                 max_batch_size=self.settings.max_batch_size,
