@@ -70,9 +70,9 @@ def find_clips(inputs: list[str]) -> list[Clip]:
             listed = [line for line in lines if line]
             if not listed:
                 raise InputError(f"{path} lists no clips")
-            clips += [_clip(path.parent / line, f" (listed in {path})") for line in listed]
+            clips += [_clip((path.parent / line).absolute(), f" (listed in {path})") for line in listed]
         else:
-            clips.append(_clip(path, ""))
+            clips.append(_clip(path.absolute(), ""))  # absolute: the workers run in folders of their own
     names: dict[str, Path] = {}
     for clip in clips:
         if clip.name in names and names[clip.name] != clip.path:

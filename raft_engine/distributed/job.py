@@ -254,7 +254,8 @@ def flow_batch(
     if gpus_per_worker == 0 and options.device is None:
         options = options.replace(device="cpu")  # a worker without a GPU must not take one by default
     clips = find_clips(inputs)
-    out = check_output_folder(output, what="the output folder")
+    # Absolute: the workers run in folders of their own, on this machine or another.
+    out = check_output_folder(output, what="the output folder").absolute()
     config = {
         "weights": _weights_identity(weights), "options": options.to_dict(), "iters": iters,
         "shard_frames": shard_frames, "writes": list(writes), "bidirectional": bidirectional,

@@ -63,6 +63,8 @@ class ShardWorker:
             pairs, status, reason = self._run(shard), "ok", ""
         except RaftEngineError as error:
             pairs, status, reason = [], "error", str(error)
+        except OSError as error:  # a clip gone or unreadable since the job planned it, a full disk
+            pairs, status, reason = [], "error", f"{error.strerror or error}: {error.filename or shard.path}"
         row = {
             **shard.row(),
             "status": status,
