@@ -120,7 +120,7 @@ def build_app(
         max_batch_size=max_batch_size, batch_wait_ms=float(batch_wait_ms), max_pixels=max_pixels,
         max_body_bytes=max_body_bytes, threads=threads,
     )  # fmt: skip
-    deployment = serve.deployment(
+    deployment: Any = serve.deployment(
         FlowServer,
         name="FlowServer",
         num_replicas=replicas,

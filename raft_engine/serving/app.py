@@ -250,10 +250,7 @@ class FlowServer:
         image1 = torch.cat([item.image1 for item in items])
         image2 = torch.cat([item.image2 for item in items])
         size = int(image1.shape[0])
-        if both:
-            result = self.engine.bidirectional(image1, image2, iters=iters)
-        else:
-            result = self.engine.estimate(image1, image2, iters=iters)
+        result: Any = (self.engine.bidirectional if both else self.engine.estimate)(image1, image2, iters=iters)
         answers: list[tuple[Any, int]] = []
         start = 0
         for item in items:

@@ -122,7 +122,7 @@ def encode(result: Any, kind: str) -> tuple[bytes, str, tuple[int, ...]]:
         np.save(buffer, flow)
         return buffer.getvalue(), content_type, flow.shape
     if kind == "npz":
-        arrays = {"flow": flow}
+        arrays: dict[str, Any] = {"flow": flow}
         if both:
             arrays["flow_backward"] = _hwc(result.backward.flow[0])
             arrays["occlusion"] = result.occlusion[0].cpu().numpy()
