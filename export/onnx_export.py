@@ -59,6 +59,25 @@ DYNAMIC_TRACE_SIZE = (256, 320)
 
 @dataclass(frozen=True)
 class ExportReport:
+    """What `export_onnx` wrote, and how the graph compared with PyTorch; `str()` gives it as one line.
+
+    Attributes:
+        path: the .onnx file written.
+        variant: the model's variant ("large" or "small").
+        iters: the iteration count unrolled in the graph.
+        height: the input height; for a dynamic-size graph, the height it was traced and verified at.
+        width: the input width; for a dynamic-size graph, the width it was traced and verified at.
+        batch: the graph's batch size, or "dynamic".
+        dtype: "fp32" or "fp16".
+        corr: the correlation in the graph, "volume" or "ondemand".
+        dynamic_size: whether the graph takes any height and width (multiples of 8).
+        opset: the ONNX opset.
+        outputs: the graph's output names, in order.
+        relative_error: ONNX Runtime (CPU) against PyTorch float32 on a generated pair, relative; None if
+            verification was skipped.
+        max_abs_error_px: the largest difference of that comparison, in pixels; None if skipped.
+    """
+
     path: Path
     variant: str
     iters: int
@@ -212,23 +231,51 @@ def export_onnx(
 ) -> ExportReport:
     """Export `model` to ONNX with a fixed iteration count; see the module docstring.
 
-    path: the .onnx file, checked (suffix, folder) before any work; missing folders are created.
-    progress: called with the name of each stage as it starts ("trace", "check", "verify", "write"):
-        a command line shows them; the export prints nothing itself.
-    height, width: the input size (multiples of 8, at least the model's minimum); with dynamic_size=True
-        the size the graph is traced and verified at (default 256x320).
-    batch: the batch size of the graph, or of the example used to trace it with dynamic_batch=True
-        (at least 2). With the dense volume, batch * ((H/8) * (W/8))^2 elements must not exceed 2^31-1
-        (`dense_volume_elements`): ONNX Runtime's CUDA kernels index with 32-bit integers.
-    corr: "volume", "ondemand" or "auto" (the volume while its pyramid fits corr_budget bytes and the
-        32-bit limit; on-demand otherwise and for dynamic sizes).
-    dynamic_size: one graph for any height and width, multiples of 8 from the model's minimum to 8192.
-    verify: run ONNX Runtime (CPU) on a generated pair and compare with PyTorch float32 (a dynamic-size
-        graph also at the smallest size it takes); an error above `TOLERANCE[dtype]` raises ExportError.
-    bidirectional: both directions in one graph (`RAFT.forward_bidirectional`), with outputs flow,
-        flow_backward, occlusion, occlusion_backward (bool, the forward-backward check with alpha1 and
-        alpha2 over the padded input), and flow_low, flow_low_backward with flow_low. Its correlation runs
-        2B pairs at once: the dense volume's limits count them.
+    The graph is written beside `path` and moved there only once verified: a failed export leaves no file
+    behind, and never replaces an earlier good one.
+
+    Args:
+        model: the RAFT model (see `load_model`); a CPU copy with the PyTorch reference parts is traced.
+        path: the .onnx file, checked (suffix, folder) before any work; missing folders are created.
+        iters: the iteration count, unrolled in the graph.
+        height: the input height (a multiple of 8, at least the model's minimum); with dynamic_size=True
+            the height the graph is traced and verified at. Required with width, except with
+            dynamic_size=True, where neither given means 256x320.
+        width: the input width, as height.
+        batch: the batch size of the graph, or of the example used to trace it with dynamic_batch=True
+            (at least 2). With the dense volume, batch * ((H/8) * (W/8))^2 elements must not exceed 2^31-1
+            (`dense_volume_elements`): ONNX Runtime's CUDA kernels index with 32-bit integers.
+        dynamic_batch: give the graph a dynamic batch dimension (torch.export specialises a batch of 1, so
+            it is traced with at least two pairs).
+        dtype: "fp32" or "fp16" (the encoders and the update block in float16; see the module docstring).
+        opset: the ONNX opset, at least 16 (GridSample); 20 and later warn, as they write GridSample mode
+            'linear', which TensorRT's ONNX parser has been seen to read as nearest.
+        flow_low: also output flow_low, the (B, 2, H/8, W/8) flow.
+        verify: run ONNX Runtime (CPU) on a generated pair and compare with PyTorch float32 (a dynamic-size
+            graph also at the smallest size it takes); an error above `TOLERANCE[dtype]` raises ExportError.
+        corr: "volume", "ondemand" or "auto" (the volume while its pyramid fits corr_budget bytes and the
+            32-bit limit; on-demand otherwise and for dynamic sizes).
+        dynamic_size: one graph for any height and width, multiples of 8 from the model's minimum to 8192.
+        corr_budget: the bytes the dense pyramid may take with corr="auto" (FlowEngine's budget, 2 GiB).
+        progress: called with the name of each stage as it starts ("trace", "check", "verify", "write"):
+            a command line shows them; the export prints nothing itself.
+        bidirectional: both directions in one graph (`RAFT.forward_bidirectional`), with outputs flow,
+            flow_backward, occlusion, occlusion_backward (bool, the forward-backward check with alpha1 and
+            alpha2 over the padded input), and flow_low, flow_low_backward with flow_low. Its correlation runs
+            2B pairs at once: the dense volume's limits count them.
+        alpha1: the forward-backward check's first constant (`forward_backward_check`), with bidirectional=True.
+        alpha2: the forward-backward check's second constant, with bidirectional=True.
+
+    Returns:
+        The report of what was written, with the verification's errors.
+
+    Raises:
+        InputTypeError: `model` is not a raft_engine.RAFT.
+        InputError: an argument the export cannot take (size, dtype, opset, corr, corr_budget, alphas, a
+            suffix other than .onnx), or a graph whose tensors would pass the 32-bit limit; before any tracing.
+        PathError: `path` cannot take the file.
+        ExportError: ONNX Runtime's flow differs from PyTorch's by more than the dtype's tolerance; nothing
+            is written to `path`.
     """
     if not isinstance(model, RAFT):
         raise InputTypeError(f"model must be a raft_engine.RAFT (see load_model), got {type(model).__name__}")

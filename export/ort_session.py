@@ -189,23 +189,49 @@ def provider_fallback_message(requested: str, active: str) -> str:
 class OrtFlowSession:
     """An exported RAFT graph (`raft_engine.export.export_onnx`) in ONNX Runtime.
 
-    providers: "cuda", "tensorrt" (nodes that TensorRT does not take run on CUDA, then the CPU), "cpu",
-        or "auto" (CUDA when there is a GPU and onnxruntime-gpu, else CPU). When "cuda" or "tensorrt"
-        does not load, ONNX Runtime falls back to the next provider with only a log line: this raises
-        ProviderError instead ("auto" warns and runs on what loaded).
-    padding: "sintel" or "kitti", as FlowEngine; images must pad to the graph's input size (for a dynamic-size
-        graph: any multiple of 8 from its minimum, 128, to 8192).
-    cuda_graph: let ONNX Runtime record the CUDA provider's work as a CUDA graph (fixed batch only).
-    device_id: the GPU to run on.
-    check_placement: under a GPU provider, profile one run to find nodes placed on the CPU and warn
-        about them (`cpu_nodes`); default on for CUDA, off for TensorRT, whose engine build it repeats.
-    tf32: let the CUDA provider run float32 convolutions and matrix products in TF32 (faster on Ampere
-        and later, with 10-bit mantissas); off by default, so that an fp32 graph keeps its 1e-4 parity
-        with PyTorch float32.
-    trt_cache_dir: where TensorRT keeps its engines and timing cache, so that a later process loads
-        the engine instead of building it (`trt_cache_folders`); None: `raft_engine.weights.cache_dir()`
-        / "tensorrt".
-    tensorrt_fp16: let TensorRT run layers in float16 (trt_fp16_enable).
+    A flow estimator like FlowEngine: images of any size are padded to the graph's input size and the flow
+    cropped back. The graph runs its own iteration count and has no flow_init input.
+
+    Args:
+        path: the .onnx file, exported by `export_onnx` (its metadata gives the size, batch and outputs).
+        providers: "cuda", "tensorrt" (nodes that TensorRT does not take run on CUDA, then the CPU), "cpu",
+            or "auto" (CUDA when there is a GPU and onnxruntime-gpu, else CPU). When "cuda" or "tensorrt"
+            does not load, ONNX Runtime falls back to the next provider with only a log line: this raises
+            ProviderError instead ("auto" warns and runs on what loaded).
+        padding: "sintel" or "kitti", as FlowEngine; images must pad to the graph's input size (for a
+            dynamic-size graph: any multiple of 8 from its minimum, 128, to 8192).
+        cuda_graph: let ONNX Runtime record the CUDA provider's work as a CUDA graph (fixed batch only).
+        device_id: the GPU to run on.
+        check_placement: under a GPU provider, profile one run to find nodes placed on the CPU and warn
+            about them (`cpu_nodes`); default on for CUDA, off for TensorRT, whose engine build it repeats.
+        tf32: let the CUDA provider run float32 convolutions and matrix products in TF32 (faster on Ampere
+            and later, with 10-bit mantissas); off by default, so that an fp32 graph keeps its 1e-4 parity
+            with PyTorch float32.
+        trt_cache_dir: where TensorRT keeps its engines and timing cache, so that a later process loads
+            the engine instead of building it (`trt_cache_folders`); None: `raft_engine.weights.cache_dir()`
+            / "tensorrt".
+        tensorrt_fp16: let TensorRT run layers in float16 (trt_fp16_enable).
+
+    Attributes:
+        session: the `onnxruntime.InferenceSession`.
+        metadata: the graph's metadata written by `export_onnx` ("raft_engine.*" keys).
+        height: the graph's input height; None for a dynamic-size graph.
+        width: the graph's input width; None for a dynamic-size graph.
+        dynamic_size: whether the graph takes any height and width (multiples of 8).
+        min_size: the smallest side the graph takes.
+        batch: the graph's batch size; None for a dynamic batch.
+        corr: the graph's correlation, "volume" or "ondemand".
+        outputs: the graph's output names, in order.
+        bidirectional_graph: whether the graph was exported with bidirectional=True.
+        cpu_nodes: by op type, the nodes found running on the CPU under a GPU provider (empty when not checked).
+
+    Raises:
+        MissingFileError: there is no file at `path`.
+        FileFormatError: ONNX Runtime cannot parse or load the file.
+        InputError: an unknown padding or provider, a provider this ONNX Runtime lacks, a graph not exported
+            by raft_engine.export, cuda_graph=True without the cuda provider or with a dynamic batch or size,
+            or a fixed-size graph whose tensors pass ONNX Runtime's 32-bit indexing.
+        ProviderError: "cuda" or "tensorrt" was asked for and did not load.
     """
 
     def __init__(
@@ -296,6 +322,7 @@ class OrtFlowSession:
 
     @property
     def on_gpu(self) -> bool:
+        """Whether the session runs on a GPU provider (CUDA or TensorRT)."""
         return self.providers[0] in _GPU.values()
 
     def __repr__(self) -> str:
@@ -306,7 +333,16 @@ class OrtFlowSession:
         )
 
     def check_input_size(self, height: int, width: int) -> None:
-        """Raise ValueError unless the graph takes (padded) inputs of height x width."""
+        """Raise ValueError unless the graph takes (padded) inputs of height x width.
+
+        Args:
+            height: the padded height.
+            width: the padded width.
+
+        Raises:
+            InputError: a fixed-size graph's other size, or for a dynamic-size graph, sides that are not
+                multiples of 8 or are outside its minimum to 8192.
+        """
         if not self.dynamic_size:
             if (height, width) != (self.height, self.width):
                 raise InputError(
@@ -340,8 +376,10 @@ class OrtFlowSession:
 
     @property
     def settings(self) -> EstimatorSettings:
-        """What the graph runs with: its variant, precision and correlation, the provider in use, and what
-        it fixes (iterations, padded size unless dynamic, batch unless dynamic; no flow_init input)."""
+        """What the graph runs with: its variant, precision and correlation, and the provider in use.
+
+        Also what it fixes: iterations, padded size unless dynamic, batch unless dynamic; no flow_init input.
+        """
         provider = self.providers[0]
         return EstimatorSettings(
             variant=self.variant,
@@ -358,14 +396,37 @@ class OrtFlowSession:
         )
 
     def describe(self, height: int | None = None, width: int | None = None) -> str:
+        """Where it runs: ONNX Runtime and the provider in use.
+
+        Args:
+            height: unused: the provider is the same at every size (a `FlowEstimator`'s signature).
+            width: unused, as height.
+
+        Returns:
+            For example "ONNX Runtime CUDAExecutionProvider".
+        """
         return f"ONNX Runtime {self.providers[0]}"
 
     def estimate(
         self, image1: ImageLike, image2: ImageLike, iters: int | None = None, flow_init: ArrayLike | None = None
     ) -> FlowResult:
-        """Flow from image1 to image2, cropped back to the input size; torch tensors on the input's
-        device (CUDA input to a CUDA session never visits the host). iters: None, or the graph's own
-        count; flow_init: None (the graph has no such input)."""
+        """Flow from image1 to image2, cropped back to the input size.
+
+        Torch tensors come back on the input's device (CUDA input to a CUDA session never visits the host).
+
+        Args:
+            image1: the first image, (H, W, 3)/(3, H, W) or batched (see `to_image_batch`).
+            image2: the second image, of the same size and batch.
+            iters: None, or the graph's own count.
+            flow_init: None (the graph has no such input).
+
+        Returns:
+            flow (B, 2, H, W), and flow_low when the graph has that output.
+
+        Raises:
+            InputError: iters other than the graph's count, a flow_init, images that do not pad to a size
+                the graph takes, a batch other than the graph's, or CUDA images on another GPU than the session's.
+        """
         check_fixed_iters(self.settings, iters, str(self.path))
         if flow_init is not None:
             raise InputError(f"{self.path} has no flow_init input: warm start is not available with an exported graph")
@@ -395,10 +456,26 @@ class OrtFlowSession:
         alpha1: float = ALPHA1,
         alpha2: float = ALPHA2,
     ) -> BidirectionalResult:
-        """Both directions and the forward-backward check's masks, from a graph exported with
-        bidirectional=True. The graph checks over the padded input with its own constants; where the
-        images were padded or other constants are asked for, the masks are computed here from the cropped
-        flows instead, as FlowEngine does, so that the results are the engine's either way."""
+        """Both directions and the forward-backward check's masks, from a graph exported with bidirectional=True.
+
+        The graph checks over the padded input with its own constants; where the images were padded or other
+        constants are asked for, the masks are computed here from the cropped flows instead, as FlowEngine
+        does, so that the results are the engine's either way.
+
+        Args:
+            image1: the first image, in the forms `estimate` takes.
+            image2: the second image, of the same size and batch.
+            iters: None, or the graph's own count.
+            flow_init: None (the graph has no such input).
+            alpha1: the forward-backward check's first constant (`forward_backward_check`).
+            alpha2: the forward-backward check's second constant.
+
+        Returns:
+            The forward and backward flows, cropped back, and the occlusion masks of both images.
+
+        Raises:
+            InputError: a graph exported one-way, alphas the check does not take, or what `estimate` refuses.
+        """
         if not self.bidirectional_graph:
             raise InputError(f"{self.path} was exported one-way: export it with --bidirectional (bidirectional=True)")
         check_alphas(alpha1, alpha2)
@@ -430,13 +507,39 @@ class OrtFlowSession:
         alpha1: float = ALPHA1,
         alpha2: float = ALPHA2,
     ) -> Iterator[Any]:
-        """The flow of each consecutive pair of `frames`, pair by pair (see `pairwise_sequence`)."""
+        """The flow of each consecutive pair of `frames`, pair by pair (see `pairwise_sequence`).
+
+        Args:
+            frames: the images, one a frame, in the forms `estimate` takes, all of one size.
+            iters: None, or the graph's own count.
+            warm_start: must be False: the graph has no flow_init input.
+            batch_size: None or 1: the graph runs one pair at a time.
+            bidirectional: yield `bidirectional` of each pair instead of its `estimate`.
+            alpha1: the forward-backward check's first constant, with bidirectional=True.
+            alpha2: the forward-backward check's second constant, with bidirectional=True.
+
+        Returns:
+            An iterator of one `FlowResult` (or `BidirectionalResult`) a pair, computed as it is read.
+
+        Raises:
+            InputError: warm_start=True, or a batch_size other than None and 1.
+        """
         return pairwise_sequence(self, frames, iters, warm_start, batch_size, bidirectional, alpha1, alpha2)
 
     def run(self, image1: ImageLike, image2: ImageLike) -> dict[str, torch.Tensor]:
-        """The graph on images already padded to a size it takes (see `check_input_size`), without
-        padding or cropping -> its outputs by name: flow (B, 2, H, W), flow_low if the graph has it, the
-        backward flows and masks of a bidirectional graph."""
+        """The graph on images already padded to a size it takes (see `check_input_size`), without padding or cropping.
+
+        Args:
+            image1: the first image, padded, in the forms `estimate` takes.
+            image2: the second image, of the same size and batch.
+
+        Returns:
+            The graph's outputs by name: flow (B, 2, H, W), flow_low if the graph has it, the backward flows
+            and masks of a bidirectional graph.
+
+        Raises:
+            InputError: a size the graph does not take, or a batch other than the graph's.
+        """
         batch1, batch2 = to_image_batch(image1, "image1"), to_image_batch(image2, "image2")
         check_pair(batch1, batch2)
         self.check_input_size(*batch1.shape[-2:])
@@ -463,6 +566,12 @@ class OrtFlowSession:
         return dict(zip(self.outputs, outputs, strict=True))
 
     def __call__(self, image1: ImageLike, image2: ImageLike) -> torch.Tensor:
+        """The flow of `estimate(image1, image2)`: (B, 2, H, W), cropped back to the input size.
+
+        Args:
+            image1: the first image, in the forms `estimate` takes.
+            image2: the second image, of the same size and batch.
+        """
         return self.estimate(image1, image2).flow
 
     def _run_bound(self, image1: torch.Tensor, image2: torch.Tensor) -> list[torch.Tensor]:

@@ -62,7 +62,14 @@ TRT_CACHE_PATH = "/tmp/raft_engine_trt"
 
 @dataclass(frozen=True)
 class TritonModel:
-    """What `export_triton` wrote: the model's folder, its config and its graph, and the export's report."""
+    """What `export_triton` wrote: the model's folder, its config and its graph, and the export's report.
+
+    Attributes:
+        directory: the model's folder in the repository, DIR/NAME.
+        config: its config.pbtxt.
+        onnx: the graph, DIR/NAME/1/model.onnx.
+        report: the `ExportReport` of `export_onnx`, with the graph's final path.
+    """
 
     directory: Path
     config: Path
@@ -120,12 +127,26 @@ def triton_model_config(
 ) -> str:
     """config.pbtxt (protobuf text format of Triton's ModelConfig) for the graph at `onnx_path`.
 
-    max_batch_size: 0 turns Triton's batching off (the dims then include the graph's batch dimension);
-        above 0, the graph's batch dimension must be dynamic, and Triton takes it off the dims and
-        batches requests together (dynamic batching, preferred sizes the powers of 2 up to it).
-    instances: model instances on each GPU (instance_group, KIND_GPU).
-    tensorrt_fp16: run the graph through ONNX Runtime's TensorRT accelerator in fp16, with
-        `workspace_bytes` of workspace; otherwise ONNX Runtime's CUDA provider.
+    Args:
+        onnx_path: the ONNX graph, read for its inputs and outputs (names, element types and dims).
+        model_name: the model's name in the repository: letters, digits, '_', '-' and '.' (a folder name).
+        max_batch_size: 0 turns Triton's batching off (the dims then include the graph's batch dimension);
+            above 0, the graph's batch dimension must be dynamic, and Triton takes it off the dims and
+            batches requests together (dynamic batching, the full batch of max_batch_size its preferred size).
+        instances: model instances on each GPU (instance_group, KIND_GPU).
+        tensorrt_fp16: run the graph through ONNX Runtime's TensorRT accelerator in fp16, with
+            `workspace_bytes` of workspace; otherwise ONNX Runtime's CUDA provider.
+        workspace_bytes: TensorRT's workspace (scratch memory for its kernels' tactics), with tensorrt_fp16;
+            default 4 GiB.
+        queue_delay_us: with dynamic batching, how long the server may hold a request to fill a batch, in
+            microseconds; the default, 100, is under 2% of RAFT-large's latency at Sintel size.
+
+    Returns:
+        The text of config.pbtxt.
+
+    Raises:
+        InputError: a model name or option out of range, an element type the writer does not map, or
+            max_batch_size above 0 for a graph with a fixed batch.
     """
     import onnx
 
@@ -193,12 +214,44 @@ def export_triton(
     corr_budget: float = DEFAULT_CORR_BUDGET,
     **export_options: Any,
 ) -> TritonModel:
-    """Export `model` (`export_onnx`: iters, dtype, opset, flow_low, verify in export_options) into the
-    Triton model repository `directory` as `model_name`, version 1, with its config.pbtxt
-    (`triton_model_config`). The repository folder must be new or empty unless force=True.
+    """Export `model` into the Triton model repository `directory` as `model_name`, version 1.
+
+    The graph (`export_onnx`) goes with its config.pbtxt (`triton_model_config`). The repository folder
+    must be new or empty unless force=True. The model's folder is written in a staging folder beside it and
+    moved into place whole once the export is verified and its config written: the server never sees a model
+    folder without its config or graph.
 
     With max_batch_size > 0 the graph gets a dynamic batch, and corr="auto" decides between the volume
     and on-demand for a full batch of max_batch_size pairs: the server may run that many at once.
+
+    Args:
+        model: the RAFT model to export.
+        directory: the repository folder; created when missing.
+        model_name: the model's name and folder: letters, digits, '_', '-' and '.'.
+        max_batch_size: the most pairs a request or batch holds; 0 turns Triton's batching off and
+            exports a batch of 1 (see `triton_model_config`).
+        instances: model instances on each GPU.
+        tensorrt_fp16: serve through ONNX Runtime's TensorRT accelerator in fp16.
+        force: write the model's folder in a repository that is not empty: only that folder is replaced,
+            every other model in the repository is left as it is.
+        workspace_bytes: TensorRT's workspace, with tensorrt_fp16; default 4 GiB.
+        queue_delay_us: how long the server may hold a request to fill a batch, in microseconds.
+        height: the input height, as `export_onnx`.
+        width: the input width, as `export_onnx`.
+        corr: "volume", "ondemand" or "auto", as `export_onnx`, for a full batch of max_batch_size pairs.
+        dynamic_size: one graph for any height and width, as `export_onnx`.
+        corr_budget: the bytes the dense pyramid may take with corr="auto".
+        **export_options: the other options of `export_onnx` (iters, dtype, opset, flow_low, verify, ...);
+            not batch or dynamic_batch, which max_batch_size sets.
+
+    Returns:
+        What was written: the model's folder, its config and graph, and the export's report.
+
+    Raises:
+        InputError: a model name or option out of range, a repository folder that is not empty (without
+            force) or not a folder, batch or dynamic_batch in export_options, a full batch past ONNX Runtime's
+            32-bit indexing, or what `export_onnx` refuses.
+        ExportError: as `export_onnx`; the model's folder is left as it was.
     """
     model_name = _check_model_name(model_name)
     _check_options(max_batch_size, instances, workspace_bytes, queue_delay_us)
@@ -255,14 +308,25 @@ def export_triton(
 
 
 class TritonFlowClient:
-    """A flow estimator served by a Triton Inference Server (or any server of the KServe v2 protocol) at
-    `url`, model `model_name` (a repository from `export_triton`), over HTTP: a `FlowEstimator`.
+    """A flow estimator served by a Triton Inference Server over HTTP: a `FlowEstimator`.
 
-    Images of any size are padded like FlowEngine (`padding`) and the flow cropped back; results are on
-    the CPU: flow (B, 2, H, W) float32 in pixels, and flow_low when the graph has it. The model's metadata
-    (its input shape and batch) is read once, on first use; what the served graph cannot take is refused
-    before anything is sent. The graph runs its own iteration count, which the server does not report, and
-    has no flow_init input."""
+    Any server of the KServe v2 protocol does, serving a model from `export_triton`. Images of any size are
+    padded like FlowEngine (`padding`) and the flow cropped back; results are on the CPU: flow (B, 2, H, W)
+    float32 in pixels, and flow_low when the graph has it. The model's metadata (its input shape and batch)
+    is read once, on first use; what the served graph cannot take is refused before anything is sent. The
+    graph runs its own iteration count, which the server does not report, and has no flow_init input.
+    Needs tritonclient's HTTP client (`pip install 'raft-engine[triton-client]'`), imported on first use.
+
+    Args:
+        url: the server's HTTP address, host:port.
+        model_name: the model's name in the server's repository.
+        padding: "sintel" or "kitti", as FlowEngine.
+        timeout: seconds to wait for the connection and for the network (tritonclient's connection_timeout
+            and network_timeout).
+
+    Raises:
+        InputError: an unknown padding.
+    """
 
     def __init__(self, url: str = "localhost:8000", model_name: str = "raft", padding: str = "sintel",
                  timeout: float = 60.0) -> None:  # fmt: skip
@@ -297,6 +361,11 @@ class TritonFlowClient:
 
     @property
     def settings(self) -> EstimatorSettings:
+        """What the served graph runs with, as far as the server's metadata tells: its size and batch.
+
+        The variant and correlation are "unknown" (the metadata does not name them); it runs its own
+        iterations and takes no flow_init. Reading it asks the server on first use.
+        """
         served = self._served()
         shape = served["input"] or [-1, 3, -1, -1]
         size = None if -1 in shape[2:] else (shape[2], shape[3])
@@ -314,12 +383,32 @@ class TritonFlowClient:
         )
 
     def describe(self, height: int | None = None, width: int | None = None) -> str:
+        """Where it runs: the server's address and the model's name.
+
+        Args:
+            height: unused: the server is the same at every size (a `FlowEstimator`'s signature).
+            width: unused, as height.
+        """
         return f"inference server at {self.url}, model {self.model_name!r}"
 
     def estimate(
         self, image1: ImageLike, image2: ImageLike, iters: int | None = None, flow_init: ArrayLike | None = None
     ) -> FlowResult:
-        """Flow from image1 to image2. iters: None (the served graph's own count); flow_init: None."""
+        """Flow from image1 to image2, padded like FlowEngine and cropped back, in one request.
+
+        Args:
+            image1: the first image, (H, W, 3)/(3, H, W) or batched (see `to_image_batch`).
+            image2: the second image, of the same size and batch.
+            iters: None (the served graph's own count).
+            flow_init: None.
+
+        Returns:
+            flow (B, 2, H, W) on the CPU, and flow_low when the graph has that output.
+
+        Raises:
+            InputError: iters or flow_init given, or images the served graph cannot take (size, batch).
+            MissingDependency: tritonclient's HTTP client is not installed.
+        """
         if iters is not None:
             raise InputError(
                 f"{self.describe()} runs its graph's own iteration count, which the server does not report: "
@@ -340,8 +429,25 @@ class TritonFlowClient:
         alpha1: float = ALPHA1,
         alpha2: float = ALPHA2,
     ) -> BidirectionalResult:
-        """Both directions, from a served graph exported with bidirectional=True; the masks are computed here
-        from the cropped flows (FlowEngine's results, whatever the padding)."""
+        """Both directions, from a served graph exported with bidirectional=True.
+
+        The masks are computed here from the cropped flows (FlowEngine's results, whatever the padding).
+
+        Args:
+            image1: the first image, in the forms `estimate` takes.
+            image2: the second image, of the same size and batch.
+            iters: None (the served graph's own count).
+            flow_init: None.
+            alpha1: the forward-backward check's first constant (`forward_backward_check`).
+            alpha2: the forward-backward check's second constant.
+
+        Returns:
+            The forward and backward flows, cropped back, and the occlusion masks of both images.
+
+        Raises:
+            InputError: iters or flow_init given, alphas the check does not take, a one-way model, or what
+                `estimate` refuses.
+        """
         check_alphas(alpha1, alpha2)
         if iters is not None or flow_init is not None:
             raise InputError(f"{self.describe()} runs its graph as exported: leave iters and flow_init unset")
@@ -397,7 +503,23 @@ class TritonFlowClient:
         alpha1: float = ALPHA1,
         alpha2: float = ALPHA2,
     ) -> Iterator[Any]:
-        """The flow of each consecutive pair of `frames`, pair by pair (see `pairwise_sequence`)."""
+        """The flow of each consecutive pair of `frames`, pair by pair (see `pairwise_sequence`).
+
+        Args:
+            frames: the images, one a frame, in the forms `estimate` takes, all of one size.
+            iters: None (the served graph's own count).
+            warm_start: must be False: the graph has no flow_init input.
+            batch_size: None or 1: one pair a request.
+            bidirectional: yield `bidirectional` of each pair instead of its `estimate`.
+            alpha1: the forward-backward check's first constant, with bidirectional=True.
+            alpha2: the forward-backward check's second constant, with bidirectional=True.
+
+        Returns:
+            An iterator of one `FlowResult` (or `BidirectionalResult`) a pair, computed as it is read.
+
+        Raises:
+            InputError: warm_start=True, or a batch_size other than None and 1.
+        """
         return pairwise_sequence(self, frames, iters, warm_start, batch_size, bidirectional, alpha1, alpha2)
 
 
@@ -409,8 +531,21 @@ def triton_flow(
     padding: str = "sintel",
     timeout: float = 60.0,
 ) -> FlowResult:
-    """Flow from image1 to image2 by a Triton Inference Server at `url` serving `model_name`, over HTTP:
-    `TritonFlowClient(url, model_name, padding, timeout).estimate(image1, image2)`."""
+    """Flow from image1 to image2 by a Triton Inference Server at `url` serving `model_name`, over HTTP.
+
+    The same as `TritonFlowClient(url, model_name, padding, timeout).estimate(image1, image2)`.
+
+    Args:
+        image1: the first image, (H, W, 3)/(3, H, W) or batched (see `to_image_batch`).
+        image2: the second image, of the same size and batch.
+        url: the server's HTTP address, host:port.
+        model_name: the model's name in the server's repository.
+        padding: "sintel" or "kitti", as FlowEngine.
+        timeout: seconds to wait for the connection and for the network.
+
+    Returns:
+        flow (B, 2, H, W) on the CPU, cropped back to the input size, and flow_low when the graph has it.
+    """
     return TritonFlowClient(url, model_name, padding, timeout).estimate(image1, image2)
 
 

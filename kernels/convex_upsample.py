@@ -95,6 +95,16 @@ def _convex_upsample_kernel(
 
 
 def check_upsample_inputs(flow: torch.Tensor, up_mask: torch.Tensor) -> None:
+    """Refuse inputs that `convex_upsample` cannot take, naming what is wrong.
+
+    Args:
+        flow: the flow to upsample, which must be (B, 2, H, W) float32.
+        up_mask: its mask logits, which must be (B, 9*8*8, H, W) float32, float16 or bfloat16.
+
+    Raises:
+        InputError: a shape or dtype other than those, tensors on different devices, or CPU tensors without
+            Triton's interpreter (TRITON_INTERPRET=1).
+    """
     name = "convex_upsample"
     if flow.ndim != 4 or flow.shape[1] != 2:
         raise InputError(f"{name}: flow must be (B, 2, H, W), got {tuple(flow.shape)}")
@@ -113,7 +123,19 @@ def check_upsample_inputs(flow: torch.Tensor, up_mask: torch.Tensor) -> None:
 
 @triton_op("raft_engine::convex_upsample", mutates_args=())
 def convex_upsample(flow: torch.Tensor, up_mask: torch.Tensor) -> torch.Tensor:
-    """Triton convex upsampling; same contract as `convex_upsample_ref`."""
+    """Triton convex upsampling; same contract as `convex_upsample_ref`.
+
+    Args:
+        flow: (B, 2, H, W) float32, in 1/8-grid units.
+        up_mask: (B, 9*8*8, H, W) logits (float32, float16 or bfloat16); channel k*64 + 8*i + j weighs
+            neighbour k (row-major over the 3x3 neighbourhood, zero-padded at the border) for sub-pixel (i, j).
+
+    Returns:
+        (B, 2, 8H, 8W) float32 in full-resolution pixels.
+
+    Raises:
+        InputError: inputs that `check_upsample_inputs` refuses.
+    """
     check_upsample_inputs(flow, up_mask)
     batch, _, height, width = flow.shape
     out = torch.empty(batch, 2, FACTOR * height, FACTOR * width, device=flow.device, dtype=torch.float32)

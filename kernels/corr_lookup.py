@@ -105,6 +105,18 @@ def _corr_lookup_kernel(
 
 
 def check_lookup_inputs(corr_pyramid: list[torch.Tensor], coords: torch.Tensor, radius: int) -> None:
+    """Refuse inputs that `corr_lookup` cannot take, naming what is wrong.
+
+    Args:
+        corr_pyramid: 1 to 4 levels; level l must be (B*H*W, 1, H >> l, W >> l), contiguous and not empty,
+            all levels of one dtype: float32, float16 or bfloat16.
+        coords: must be (B, 2, H, W) float32.
+        radius: must be a positive integer.
+
+    Raises:
+        InputError: inputs other than those, tensors on different devices, or CPU tensors without Triton's
+            interpreter (TRITON_INTERPRET=1).
+    """
     name = "corr_lookup"
     if not 1 <= len(corr_pyramid) <= MAX_LEVELS:
         raise InputError(f"{name}: the kernel takes 1 to {MAX_LEVELS} pyramid levels, got {len(corr_pyramid)}")
@@ -136,7 +148,20 @@ def check_lookup_inputs(corr_pyramid: list[torch.Tensor], coords: torch.Tensor, 
 
 @triton_op("raft_engine::corr_lookup", mutates_args=())
 def corr_lookup(corr_pyramid: list[torch.Tensor], coords: torch.Tensor, radius: int) -> torch.Tensor:
-    """Triton lookup; same contract as `corr_lookup_ref`."""
+    """Triton lookup; same contract as `corr_lookup_ref`.
+
+    Args:
+        corr_pyramid: 1 to 4 levels; per level l, (B*H*W, 1, H >> l, W >> l), contiguous: the correlation map
+            of each 1/8 cell of image 1 against image 2, average-pooled l times (float32, float16 or bfloat16).
+        coords: (B, 2, H, W) float32, x first, in level-0 cells: where each cell's window is centred.
+        radius: the window's radius r: (2r+1) x (2r+1) integer offsets around the centre.
+
+    Returns:
+        (B, L*(2r+1)^2, H, W) float32: level-major, then the window in published order.
+
+    Raises:
+        InputError: inputs that `check_lookup_inputs` refuses.
+    """
     check_lookup_inputs(corr_pyramid, coords, radius)
     batch, _, height, width = coords.shape
     levels = len(corr_pyramid)

@@ -138,6 +138,19 @@ def _corr_ondemand_kernel(
 def check_ondemand_inputs(
     fmap1: torch.Tensor, fmap2_pyramid: list[torch.Tensor], coords: torch.Tensor, radius: int
 ) -> None:
+    """Refuse inputs that `corr_ondemand` cannot take, naming what is wrong.
+
+    Args:
+        fmap1: must be (B, H, W, D), channels-last and contiguous.
+        fmap2_pyramid: 1 to 4 levels; level l must be (B, H >> l, W >> l, D), contiguous and not empty,
+            of fmap1's dtype: float32, float16 or bfloat16.
+        coords: must be (B, 2, H, W) float32.
+        radius: must be a positive integer.
+
+    Raises:
+        InputError: inputs other than those, tensors on different devices, or CPU tensors without Triton's
+            interpreter (TRITON_INTERPRET=1).
+    """
     name = "corr_ondemand"
     if not 1 <= len(fmap2_pyramid) <= MAX_LEVELS:
         raise InputError(f"{name}: the kernel takes 1 to {MAX_LEVELS} pyramid levels, got {len(fmap2_pyramid)}")
@@ -171,7 +184,21 @@ def check_ondemand_inputs(
 def corr_ondemand(
     fmap1: torch.Tensor, fmap2_pyramid: list[torch.Tensor], coords: torch.Tensor, radius: int
 ) -> torch.Tensor:
-    """Triton on-demand lookup; same contract as `corr_ondemand_ref`."""
+    """Triton on-demand lookup; same contract as `corr_ondemand_ref`.
+
+    Args:
+        fmap1: (B, H, W, D) features of image 1, channels-last, contiguous.
+        fmap2_pyramid: 1 to 4 levels; per level l, (B, H >> l, W >> l, D): fmap2 average-pooled l times,
+            channels-last, contiguous, of fmap1's dtype (float32, float16 or bfloat16).
+        coords: (B, 2, H, W) float32, x first, in level-0 cells: where each cell's window is centred.
+        radius: the window's radius r: (2r+1) x (2r+1) integer offsets around the centre.
+
+    Returns:
+        (B, L*(2r+1)^2, H, W) float32, equal to `corr_lookup` on the dense pyramid of the same features.
+
+    Raises:
+        InputError: inputs that `check_ondemand_inputs` refuses.
+    """
     check_ondemand_inputs(fmap1, fmap2_pyramid, coords, radius)
     batch, height, width, dim = fmap1.shape
     levels = len(fmap2_pyramid)

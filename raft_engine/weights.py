@@ -454,12 +454,27 @@ def check_state_dict(model: RAFT, state_dict: Mapping[str, torch.Tensor]) -> Non
 def load_model(source: str | os.PathLike | Mapping[str, torch.Tensor], variant: str | None = None) -> RAFT:
     """A RAFT model in eval mode (CPU, float32) with the weights of `source`.
 
-    source: a checkpoint path (.pth/.pt; .safetensors with the `safetensors` package), a state dict
-        in the published layout (with or without 'module.') or torchvision's, "builtin" (the
-        RAFT-small shipped in the package, trained by this project on generated scenes; works
-        offline; also "builtin-small", and "builtin-large" where a version ships one), or a
-        preset name from `PRESETS` (downloaded into the cache on first use).
-    variant: "large" or "small"; inferred from the shapes when None, checked against them otherwise.
+    Checkpoints are read with `torch.load(weights_only=True)`: loading never runs code. Every key must be
+    accounted for.
+
+    Args:
+        source: A checkpoint path (.pth/.pt; .safetensors with the `safetensors` package), a state dict
+            in the published layout (with or without 'module.') or torchvision's, "builtin" (the
+            RAFT-small shipped in the package, trained by this project on generated scenes; works
+            offline; also "builtin-small", and "builtin-large" where a version ships one), or a
+            preset name from `PRESETS` (downloaded into the cache on first use).
+        variant: "large" or "small"; inferred from the shapes when None, checked against them otherwise.
+
+    Returns:
+        The `RAFT`.
+
+    Raises:
+        MissingFileError: No such file, and not a weights name either; or built-in weights this version
+            does not ship.
+        WeightsError: A file or state dict that is not a RAFT checkpoint, of another variant than `variant`,
+            or whose missing, unexpected and mis-shaped entries are listed in one error.
+        InputError: An unknown variant.
+        DownloadError: A preset that could not be downloaded.
     """
     if isinstance(source, Mapping):
         state_dict = _as_state_dict(source, "state dict")

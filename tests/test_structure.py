@@ -201,7 +201,7 @@ ALLOWED = {
     },
     "raft_engine.train": {"raft_engine.cli"},  # the alias of `raft-engine train`
 }  # fmt: skip
-MAX_MODULE_LINES = 520  # about 500: a module past it is split by concern
+MAX_MODULE_LINES = 520  # about 500 lines besides docstrings: a module past it is split by concern
 
 
 def room(module: str) -> str:
@@ -252,11 +252,28 @@ def test_the_layer_check_sees_an_upward_import(tmp_path, monkeypatch):
     assert "raft_engine.runtime" in room_graph()["raft_engine.model"]
 
 
+def _lines_besides_docstrings(source: str) -> int:
+    """The module's lines less those of its docstrings (the module's, its classes' and functions'): the
+    reference documentation lives in docstrings and should not push a module to be split."""
+    tree = ast.parse(source)
+    docstring_lines = 0
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                docstring_lines += first.end_lineno - first.lineno + 1
+    return source.count("\n") - docstring_lines
+
+
 def test_modules_are_small_and_say_what_they_hold():
     for name, path in _module_names().items():
         source = path.read_text()
-        lines = source.count("\n")
-        assert lines <= MAX_MODULE_LINES, f"{name}: {lines} lines"
+        lines = _lines_besides_docstrings(source)
+        assert lines <= MAX_MODULE_LINES, f"{name}: {lines} lines besides docstrings"
         docstring = ast.get_docstring(ast.parse(source))
         assert docstring and len(docstring) > 20, f"{name} has no docstring saying what it holds"
 

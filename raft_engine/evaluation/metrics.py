@@ -18,20 +18,46 @@ THRESHOLDS = (1.0, 3.0, 5.0)
 
 
 def end_point_error(flow: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(H, W, 2) and (H, W, 2) -> (H, W) Euclidean distance, in float64."""
+    """The end-point error: the Euclidean distance between two flows at each pixel.
+
+    Args:
+        flow: (H, W, 2), the estimated flow.
+        truth: (H, W, 2), the true flow.
+
+    Returns:
+        (H, W) float64.
+    """
     return np.sqrt(np.square(flow.astype(np.float64) - truth.astype(np.float64)).sum(axis=-1))
 
 
 def fl_outliers(epe: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
-    """KITTI's outliers, as the published validate_kitti: error > 3 px and error / |truth| > 0.05 (both;
-    a zero-length truth makes any error above 3 px an outlier)."""
+    """KITTI's outliers, as the published validate_kitti: error > 3 px and error / |truth| > 0.05.
+
+    Both must hold; a zero-length truth makes any error above 3 px an outlier.
+
+    Args:
+        epe: the end-point errors.
+        magnitude: the true flow's lengths at the same pixels, of the same shape.
+
+    Returns:
+        A bool array of that shape, True at the outliers.
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
         return (epe > OUTLIER_PX) & (epe / magnitude > OUTLIER_FRACTION)
 
 
 @dataclass
 class Tally:
-    """The sums behind the metrics of a set of pairs: over pixels, and each pair's mean EPE."""
+    """The sums behind the metrics of a set of pairs: over pixels, and each pair's mean EPE.
+
+    Attributes:
+        pairs: the pairs added, with or without valid pixels.
+        pixels: the valid pixels added.
+        epe_sum: the sum of their end-point errors.
+        under: the numbers of those pixels with an error under 1, 3 and 5 px.
+        outliers: the number of those pixels that are KITTI outliers (`fl_outliers`).
+        pair_epes: the mean EPE of each pair with valid pixels.
+    """
 
     pairs: int = 0
     pixels: int = 0
@@ -41,8 +67,15 @@ class Tally:
     pair_epes: list[float] = field(default_factory=list)
 
     def add(self, epe: np.ndarray, magnitude: np.ndarray) -> None:
-        """One pair: the errors and true flow lengths at its valid pixels (1-D). A pair without valid
-        pixels counts as a pair but adds no mean (the published code would average in a NaN)."""
+        """Add one pair: the errors and true flow lengths at its valid pixels.
+
+        A pair without valid pixels counts as a pair but adds no mean (the published code would average
+        in a NaN).
+
+        Args:
+            epe: the end-point errors at the pair's valid pixels (1-D).
+            magnitude: the true flow's lengths at the same pixels (1-D).
+        """
         self.pairs += 1
         if epe.size == 0:
             return
@@ -53,8 +86,15 @@ class Tally:
         self.pair_epes.append(float(epe.mean()))
 
     def summary(self, per_image_epe: bool) -> dict[str, Any]:
-        """pairs, pixels, epe, px1, px3, px5, fl_all (fractions in 0..1; None without valid pixels).
-        per_image_epe: EPE as the mean of the pairs' means (validate_kitti), else over all pixels."""
+        """The metrics of the pairs added.
+
+        Args:
+            per_image_epe: EPE as the mean of the pairs' means (validate_kitti), else over all pixels.
+
+        Returns:
+            A dict of pairs, pixels, epe, px1, px3, px5, fl_all (fractions in 0..1; None without valid
+            pixels).
+        """
         result: dict[str, Any] = {"pairs": self.pairs, "pixels": self.pixels}
         if not self.pixels:
             return {**result, "epe": None, "px1": None, "px3": None, "px5": None, "fl_all": None}
@@ -131,7 +171,16 @@ _COLUMNS = (
 
 
 def format_table(records: list[dict[str, Any]]) -> str:
-    """The records as a text table: one row per (dataset, split)."""
+    """The records as a text table: one row per (dataset, split).
+
+    A metric's column appears when some record has a value for it.
+
+    Args:
+        records: records as `evaluate` returns them.
+
+    Returns:
+        The table's lines, joined by newlines.
+    """
     columns = [c for c in _COLUMNS if any(r.get(c[1]) is not None for r in records)]
     header = ["dataset", "split", "pairs", *(title for title, _, _ in columns)]
     rows = [

@@ -133,19 +133,33 @@ def evaluate(
     weights: str | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Evaluate `engine` on a dataset as distributed under `root` -> one record per split.
+    """Evaluate `engine` on a dataset as distributed under `root`, one record per split.
 
-    dataset: "sintel" (splits clean, final), "kitti-2015" or "kitti" (training), "kitti-2012"
-        (training), "chairs" (validation; or training), "middlebury" (other), "hd1k" (training), or
-        "list" (root is a text file of `image1 image2 flow` lines). split: one of them only.
-    iters, padding: None for the dataset's published protocol (`raft_engine.evaluation.datasets.PROTOCOLS`).
-    limit: the first N pairs of each split only. weights: a label for the records.
+    Args:
+        engine: a `FlowEstimator`: a `FlowEngine`, an `OrtFlowSession` or a `TritonFlowClient` (see the
+            module's docstring).
+        dataset: "sintel" (splits clean, final), "kitti-2015" or "kitti" (training), "kitti-2012"
+            (training), "chairs" (validation; or training), "middlebury" (other), "hd1k" (training), or
+            "list" (root is a text file of `image1 image2 flow` lines).
+        root: the dataset's folder, as distributed (for "list", the text file).
+        split: one of the dataset's splits only; None: its default ones, as above.
+        iters: None for the dataset's published protocol (`raft_engine.evaluation.datasets.PROTOCOLS`).
+        padding: None for the dataset's published protocol.
+        limit: the first N pairs of each split only.
+        weights: a label for the records.
+        progress: show a progress bar (on a terminal only).
 
-    Each record: dataset, split, pairs, pixels, epe, px1, px3, px5, fl_all (fractions in 0..1),
-    epe_matched and epe_unmatched (Sintel with occlusions/, else None; with the "matched" and
-    "unmatched" blocks), epe_noc and fl_noc (KITTI with flow_noc/, else None; with the "occ" and "noc"
-    blocks), scenes (the same metrics per scene), and the settings: weights, iters, padding, backend,
-    dtype, device, variant, corr, compiled, onnx, published_protocol, limit, total_pairs, seconds.
+    Returns:
+        One record per split, a dict: dataset, split, pairs, pixels, epe, px1, px3, px5, fl_all
+        (fractions in 0..1), epe_matched and epe_unmatched (Sintel with occlusions/, else None; with the
+        "matched" and "unmatched" blocks), epe_noc and fl_noc (KITTI with flow_noc/, else None; with the
+        "occ" and "noc" blocks), scenes (the same metrics per scene), and the settings: weights, iters,
+        padding, backend, dtype, device, variant, corr, compiled, onnx, published_protocol, limit,
+        total_pairs, seconds.
+
+    Raises:
+        InputError: an option, dataset or split that is not one of those above, an engine exported for
+            another batch or input size, or a dataset without a published protocol and no `iters`.
     """
     check_options(iters, padding, limit)
     runner = PairRunner(engine)

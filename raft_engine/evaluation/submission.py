@@ -25,15 +25,33 @@ def write_submission(
     limit: int | None = None,
     progress: bool = False,
 ) -> list[Path]:
-    """Write the test-set flow that a benchmark server scores -> the files written.
+    """Write the test-set flow that a benchmark server scores.
 
     "sintel": as the published create_sintel_submission: test/{clean,final}, 32 iterations, each pair
-        of a scene started from the previous pair's 1/8 flow carried forward (`forward_interpolate`),
-        each scene started cold; output/{clean,final}/SCENE/frameNNNN.flo, NNNN from 0001 for the
-        first pair (the layout Sintel's bundler reads). warm_start=False: every pair cold.
+    of a scene started from the previous pair's 1/8 flow carried forward (`forward_interpolate`), each
+    scene started cold; output/{clean,final}/SCENE/frameNNNN.flo, NNNN from 0001 for the first pair
+    (the layout Sintel's bundler reads).
+
     "kitti-2015", "kitti-2012": as the published create_kitti_submission: testing/, 24 iterations,
-        "kitti" padding; output/NNNNNN_10.png, 16-bit KITTI PNG, every pixel valid.
-    limit: the first N pairs of each pass only (a check, not a submission).
+    "kitti" padding; output/NNNNNN_10.png, 16-bit KITTI PNG, every pixel valid.
+
+    Args:
+        engine: a `FlowEstimator`, as `evaluate` takes.
+        dataset: "sintel", "kitti-2015" or "kitti-2012".
+        root: the dataset's folder, as distributed.
+        output: the folder the files are written under.
+        iters: None for the published protocol's.
+        padding: None for the published protocol's.
+        warm_start: Sintel's warm start, as above; False: every pair cold.
+        limit: the first N pairs of each pass only (a check, not a submission).
+        progress: show a progress bar (on a terminal only).
+
+    Returns:
+        The files written.
+
+    Raises:
+        InputError: a dataset without a submission or an option refused, a warm start with an engine that
+            takes no flow_init (an exported graph) or returns no flow_low, or KITTI flow the PNG cannot hold.
     """
     check_options(iters, padding, limit)
     runner = PairRunner(engine)

@@ -23,7 +23,19 @@ KITTI_OFFSET = 2**15
 
 
 def as_flow_array(flow, name: str = "flow") -> np.ndarray:
-    """numpy (H, W, 2) or torch (2, H, W) -> numpy (H, W, 2) float32."""
+    """A flow as a numpy (H, W, 2) float32 array, from numpy (H, W, 2) or torch (2, H, W).
+
+    Args:
+        flow: a numpy array (H, W, 2) or a torch tensor (2, H, W), (u, v) in pixels.
+        name: what the flow is called in error messages.
+
+    Returns:
+        A contiguous numpy array (H, W, 2) float32.
+
+    Raises:
+        InputError: the array or tensor has another shape.
+        InputTypeError: `flow` is neither a numpy array nor a torch tensor.
+    """
     if hasattr(flow, "detach") and hasattr(flow, "permute"):  # torch.Tensor, without importing torch
         if flow.ndim != 3 or flow.shape[0] != 2:
             raise InputError(f"{name}: expected a torch tensor (2, H, W), got shape {tuple(flow.shape)}")
@@ -42,7 +54,19 @@ def as_flow_array(flow, name: str = "flow") -> np.ndarray:
 
 
 def read_flo(path: str | os.PathLike) -> np.ndarray:
-    """A Middlebury .flo file -> (H, W, 2) float32; a file that is not one raises `FileFormatError`."""
+    """Read a Middlebury .flo file.
+
+    Args:
+        path: the .flo file.
+
+    Returns:
+        The flow, (H, W, 2) float32.
+
+    Raises:
+        FileFormatError: the file is not a Middlebury .flo file (too short, another magic number, or a
+            header that does not match the file size).
+        PathError: the file cannot be read (`MissingFileError` where it does not exist).
+    """
     data = read_bytes(path, "flow file")
     if len(data) < 12:
         raise FileFormatError(f"{path}: too short for a .flo file ({len(data)} bytes)")
@@ -57,13 +81,33 @@ def read_flo(path: str | os.PathLike) -> np.ndarray:
 
 
 def flo_bytes(flow) -> bytes:
-    """The contents of a Middlebury .flo file of `flow` (H, W, 2)."""
+    """The contents of a Middlebury .flo file of `flow`.
+
+    Args:
+        flow: numpy (H, W, 2) or torch (2, H, W), as `as_flow_array` takes.
+
+    Returns:
+        The file's bytes: "PIEH", int32 width, int32 height, then float32 (u, v) interleaved, row-major.
+
+    Raises:
+        InputError: `flow` is not a flow of one of those shapes (see `as_flow_array`).
+    """
     flow = as_flow_array(flow)
     height, width = flow.shape[:2]
     return struct.pack("<fii", FLO_MAGIC, width, height) + flow.astype("<f4").tobytes()
 
 
 def write_flo(path: str | os.PathLike, flow) -> None:
+    """Write `flow` as a Middlebury .flo file, atomically.
+
+    Args:
+        path: the file to write.
+        flow: numpy (H, W, 2) or torch (2, H, W), as `as_flow_array` takes.
+
+    Raises:
+        InputError: `flow` is not a flow of one of those shapes (see `as_flow_array`).
+        PathError: the file cannot be written.
+    """
     write_atomically(path, flo_bytes(flow))
 
 
@@ -164,7 +208,18 @@ def _read_png16_rgb(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_kitti_flow(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """-> (flow (H, W, 2) float32, valid (H, W) bool). Invalid pixels have zero flow."""
+    """Read a KITTI 16-bit PNG flow file.
+
+    Args:
+        path: the PNG file.
+
+    Returns:
+        (flow, valid): flow (H, W, 2) float32, valid (H, W) bool. Invalid pixels have zero flow.
+
+    Raises:
+        FileFormatError: the file is not a 16-bit RGB PNG, is interlaced, or is corrupt.
+        PathError: the file cannot be read (`MissingFileError` where it does not exist).
+    """
     pixels = _read_png16_rgb(path).astype(np.float32)
     valid = pixels[..., 2] > 0
     flow = (pixels[..., :2] - KITTI_OFFSET) / KITTI_SCALE
@@ -173,12 +228,38 @@ def read_kitti_flow(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_kitti_flow(path: str | os.PathLike, flow, valid: np.ndarray | None = None) -> None:
-    """valid: (H, W) bool, default all valid. The format holds |u|, |v| < 512 in steps of 1/64 px."""
+    """Write `flow` as a KITTI 16-bit PNG flow file, atomically.
+
+    The format holds |u|, |v| < 512 in steps of 1/64 px.
+
+    Args:
+        path: the file to write.
+        flow: numpy (H, W, 2) or torch (2, H, W), as `as_flow_array` takes.
+        valid: (H, W) bool, default all valid.
+
+    Raises:
+        InputError: `valid` does not match the flow's size, or a valid pixel has NaN, Inf or flow beyond the
+            format's range (mark it invalid, or store the flow as .flo).
+        PathError: the file cannot be written.
+    """
     write_atomically(path, kitti_flow_bytes(flow, valid))
 
 
 def kitti_flow_bytes(flow, valid: np.ndarray | None = None) -> bytes:
-    """The contents of a KITTI 16-bit PNG flow file (see `write_kitti_flow`)."""
+    """The contents of a KITTI 16-bit PNG flow file (see `write_kitti_flow`).
+
+    Args:
+        flow: numpy (H, W, 2) or torch (2, H, W), as `as_flow_array` takes.
+        valid: (H, W) bool, default all valid.
+
+    Returns:
+        The PNG file's bytes: R = u * 64 + 2^15, G = v * 64 + 2^15, B = 1 where valid; invalid pixels are
+        stored with zero flow.
+
+    Raises:
+        InputError: `valid` does not match the flow's size, or a valid pixel has NaN, Inf or flow beyond the
+            format's range.
+    """
     flow = as_flow_array(flow)
     height, width = flow.shape[:2]
     if valid is None:

@@ -13,8 +13,23 @@ from raft_engine.io.files import read_bytes, write_atomically
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An 8-bit image file -> (H, W, 3) uint8 RGB. Grayscale is repeated to 3 channels; an alpha
-    channel is accepted only when fully opaque; 16-bit images are refused rather than truncated."""
+    """Read an 8-bit image file as RGB.
+
+    Grayscale is repeated to 3 channels; an alpha channel is accepted only when fully opaque; 16-bit
+    images are refused rather than truncated.
+
+    Args:
+        path: the image file, in any format Pillow reads (PNG, JPEG, ...).
+
+    Returns:
+        The image, (H, W, 3) uint8 RGB.
+
+    Raises:
+        MissingFileError: the file does not exist.
+        FileFormatError: the file is not an image Pillow can read, or is a 16-bit or floating-point image.
+        InputError: the image has transparent pixels or a mode that is not converted to RGB, or is too
+            large to decode (`ImageTooLarge`).
+    """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"no such image file: {path}")
@@ -66,8 +81,16 @@ def decode_image(data: bytes, name: str = "the image", max_pixels: int | None = 
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """(H, W, 3) uint8 -> an image file whose format follows the suffix (PNG recommended), written
-    atomically. An unknown suffix raises `InputError`, an unwritable path `PathError`."""
+    """Write an image file, atomically, in the format its suffix says (PNG recommended).
+
+    Args:
+        path: the file to write; .png, .jpg, ...
+        image: (H, W, 3) uint8 RGB.
+
+    Raises:
+        InputError: `image` is not an (H, W, 3) uint8 array, or the suffix is unknown.
+        PathError: the path cannot be written.
+    """
     from PIL import Image
 
     if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
@@ -95,7 +118,16 @@ def _reason(error: BaseException) -> str:
 
 
 def write_mask(path: str | os.PathLike, mask: Any) -> None:
-    """(H, W) bool (or a torch tensor of it) -> a 1-bit PNG, white where True, written atomically."""
+    """Write a mask as a 1-bit PNG, white where True, atomically.
+
+    Args:
+        path: the file to write, a .png.
+        mask: (H, W) bool, a numpy array or a torch tensor.
+
+    Raises:
+        InputError: `mask` is not (H, W) bool, or `path` does not end in .png.
+        PathError: the path cannot be written.
+    """
     from PIL import Image
 
     if hasattr(mask, "detach"):  # a torch tensor, without importing torch

@@ -40,11 +40,27 @@ def _as_fraction(fps: float | Fraction) -> Fraction:
 class VideoReader:
     """The frames of a video file, decoded one at a time as they are iterated: (H, W, 3) uint8 RGB.
 
-    What the container says, read when the reader is made: `fps` (a Fraction; None when unknown),
-    `frame_count` (None when the container does not record it, as in many MKV and WebM files),
-    `width`, `height`, `codec`. Each iteration opens the file anew and decodes from the start; the
-    file is closed when the iteration ends or is abandoned. Unreadable files raise a ValueError naming
-    the file; a decoding error part-way raises a ValueError after the frames before it.
+    Each iteration opens the file anew and decodes from the start; the file is closed when the
+    iteration ends or is abandoned. `fps`, `frame_count`, `width`, `height` and `codec` are what the
+    container says, read when the reader is made. Needs PyAV.
+
+    Args:
+        path: the video file.
+
+    Attributes:
+        path: the video file, a Path.
+        fps: the frame rate, a Fraction; None when unknown.
+        frame_count: the number of frames; None when the container does not record it, as in many MKV
+            and WebM files (`count_frames` counts them then).
+        width: the frame width in pixels.
+        height: the frame height in pixels.
+        codec: the name of the video codec.
+
+    Raises:
+        MissingFileError: the file does not exist.
+        FileFormatError: the file is unreadable (a ValueError naming the file). A decoding error part-way
+            raises it too, after the frames before it.
+        MissingDependency: PyAV is not installed.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -87,11 +103,24 @@ class VideoReader:
         return self.frames()
 
     def frames(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-        """Frames start, start + 1, ... before stop (None: to the last), counted from 0. From a start past 0,
-        decoding begins at the last keyframe at or before it, found by reading the packets (not decoding
-        them), where the packets' timestamps are complete and distinct; else, or where the decoder does not
-        land on that keyframe, it begins at the first frame. Frames before start are decoded but not
-        converted to RGB."""
+        """Frames start, start + 1, ... before stop, counted from 0.
+
+        From a start past 0, decoding begins at the last keyframe at or before it, found by reading the
+        packets (not decoding them), where the packets' timestamps are complete and distinct; else, or
+        where the decoder does not land on that keyframe, it begins at the first frame. Frames before
+        start are decoded but not converted to RGB.
+
+        Args:
+            start: the first frame, counted from 0.
+            stop: the frame to stop before; None: to the last.
+
+        Yields:
+            Each frame, (H, W, 3) uint8 RGB.
+
+        Raises:
+            FileFormatError: decoding fails, the decoder gives a frame of an unexpected timestamp, or a
+                frame cannot be converted to RGB; after the frames before it.
+        """
         seek = self._keyframe_before(start) if start > 0 else None
         container = self._open()
         try:
@@ -179,8 +208,13 @@ class VideoReader:
         return max(before), {stamp: index for index, stamp in enumerate(stamps)}
 
     def count_frames(self) -> int:
-        """The number of frames: what the container records, else the video packets counted (demuxed, not
-        decoded)."""
+        """The number of frames: what the container records, else the video packets counted.
+
+        The packets are demuxed, not decoded.
+
+        Raises:
+            FileFormatError: reading the packets fails.
+        """
         if self.frame_count is not None:
             return self.frame_count
         container = self._open()
@@ -193,14 +227,35 @@ class VideoReader:
 
 
 def read_video(path: str | os.PathLike) -> VideoReader:
-    """A video file's frames as (H, W, 3) uint8 RGB arrays, decoded as they are iterated (never the
-    whole file at once); `.fps` and `.frame_count` say what the container knows. Needs PyAV."""
+    """A video file's frames as (H, W, 3) uint8 RGB arrays, decoded as they are iterated.
+
+    Never the whole file at once; `.fps` and `.frame_count` say what the container knows. Needs PyAV.
+
+    Args:
+        path: the video file.
+
+    Returns:
+        A `VideoReader` of the file.
+
+    Raises:
+        MissingFileError: the file does not exist.
+        FileFormatError: the file is not a video PyAV can read.
+        MissingDependency: PyAV is not installed.
+    """
     return VideoReader(path)
 
 
 def video_codec() -> str:
-    """The encoder that `VideoWriter` uses: libx264 (H.264) where PyAV's FFmpeg has it, as its wheels do;
-    else MPEG-4 part 2, with a warning."""
+    """The encoder that `VideoWriter` uses: libx264 (H.264), else MPEG-4 part 2.
+
+    libx264 where PyAV's FFmpeg has it, as its wheels do; else MPEG-4 part 2, with a warning.
+
+    Returns:
+        "libx264" or "mpeg4".
+
+    Raises:
+        MissingDependency: PyAV is not installed.
+    """
     av = _import_av()
     if "libx264" in av.codecs_available:
         return "libx264"
@@ -209,14 +264,31 @@ def video_codec() -> str:
 
 
 class VideoWriter:
-    """Writes (H, W, 3) uint8 RGB frames to a video file as they come: H.264 (libx264, yuv420p, the
-    pixel format every player decodes) in the container of the file's suffix, MP4 for .mp4.
+    """Writes (H, W, 3) uint8 RGB frames to a video file as they come.
 
-    fps: frames per second (a Fraction keeps NTSC rates exact). crf: x264's quality, 0 (lossless) to 51;
-    18 is visually lossless for flow pictures. The stream takes the first frame's size; yuv420p needs
-    even sides, so an odd height or width gets one more row or column, a copy of the last. close() (or
-    leaving a `with` block, also through an exception) flushes the encoder and writes the container's
-    index, so that the frames written so far play; a writer closed before any frame removes its file.
+    H.264 (libx264, yuv420p, the pixel format every player decodes) in the container of the file's
+    suffix, MP4 for .mp4. The stream takes the first frame's size; yuv420p needs even sides, so an odd
+    height or width gets one more row or column, a copy of the last. close() (or leaving a `with` block,
+    also through an exception) flushes the encoder and writes the container's index, so that the frames
+    written so far play; a writer closed before any frame removes its file.
+
+    Args:
+        path: the video file; its suffix picks the container. It is created at once, so that an
+            unwritable path fails before any work.
+        fps: frames per second (a Fraction keeps NTSC rates exact).
+        crf: x264's quality, 0 (lossless) to 51; 18 is visually lossless for flow pictures.
+
+    Attributes:
+        path: the video file, a Path.
+        fps: the frame rate, a Fraction.
+        codec: the encoder, as `video_codec` says.
+        frames_written: the number of frames written so far.
+        closed: whether `close` was called.
+
+    Raises:
+        InputError: `fps` is not a positive number of frames per second.
+        PathError: the file cannot be written.
+        MissingDependency: PyAV is not installed.
     """
 
     def __init__(self, path: str | os.PathLike, fps: float | Fraction = 30, crf: int = 18) -> None:
@@ -258,7 +330,16 @@ class VideoWriter:
         self._size = (height, width)
 
     def write(self, frame: np.ndarray) -> None:
-        """Append one (H, W, 3) uint8 RGB frame, of the first frame's size."""
+        """Append one (H, W, 3) uint8 RGB frame, of the first frame's size.
+
+        Args:
+            frame: (H, W, 3) uint8 RGB, of the first frame's size.
+
+        Raises:
+            InputError: the writer is closed, or the frame is not an (H, W, 3) uint8 array of the first
+                frame's size.
+            PathError: the video cannot be written.
+        """
         if self.closed:
             raise InputError(f"{self.path}: the video writer is closed")
         if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3):
@@ -300,7 +381,21 @@ class VideoWriter:
 
 
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float | Fraction = 30) -> int:
-    """Write (H, W, 3) uint8 RGB frames as an H.264 video (see `VideoWriter`) -> the number written."""
+    """Write (H, W, 3) uint8 RGB frames as an H.264 video (see `VideoWriter`).
+
+    Args:
+        path: the video file; its suffix picks the container.
+        frames: (H, W, 3) uint8 RGB frames, all of the first one's size.
+        fps: frames per second (a Fraction keeps NTSC rates exact).
+
+    Returns:
+        The number of frames written.
+
+    Raises:
+        InputError: `fps` or a frame that `VideoWriter` refuses.
+        PathError: the file cannot be written.
+        MissingDependency: PyAV is not installed.
+    """
     with VideoWriter(path, fps) as writer:
         for frame in frames:
             writer.write(frame)

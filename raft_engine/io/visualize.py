@@ -15,7 +15,11 @@ _SEGMENTS = (15, 6, 4, 11, 13, 6)
 
 
 def color_wheel() -> np.ndarray:
-    """(55, 3) float RGB in 0..255."""
+    """The colour wheel of Baker et al.: red, yellow, green, cyan, blue, magenta, back towards red.
+
+    Returns:
+        (55, 3) float RGB in 0..255.
+    """
     wheel = []
     # (channel that ramps, direction) for each segment; the previous ramp's channel stays saturated.
     ramps = ((1, +1), (0, -1), (2, +1), (1, -1), (0, +1), (2, -1))
@@ -31,11 +35,21 @@ def color_wheel() -> np.ndarray:
 
 
 def flow_to_color(flow, max_magnitude: float | None = None) -> np.ndarray:
-    """flow: numpy (H, W, 2) or torch (2, H, W) -> (H, W, 3) uint8 RGB.
+    """A flow as a colour picture: hue encodes direction, saturation encodes magnitude.
 
-    max_magnitude: the flow length shown at full saturation. None normalises by the largest
-    magnitude in this flow (the published behaviour); give a fixed value to compare images.
-    Longer vectors are drawn darkened (x0.75), as in the reference code.
+    Vectors longer than `max_magnitude` are drawn darkened (x0.75), as in the reference code.
+
+    Args:
+        flow: numpy (H, W, 2) or torch (2, H, W).
+        max_magnitude: the flow length shown at full saturation. None normalises by the largest
+            magnitude in this flow (the published behaviour); give a fixed value to compare images.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+
+    Raises:
+        InputError: the flow has NaN or Inf values (mask them first), or `max_magnitude` is not a positive
+            number.
     """
     flow = as_flow_array(flow).astype(np.float64)
     if not np.isfinite(flow).all():

@@ -13,7 +13,25 @@ VARIANTS = ("large", "small")
 class RAFTConfig:
     """What distinguishes one RAFT architecture from another.
 
-    The two presets reproduce the published networks; trained checkpoints only fit them.
+    The two presets (`large`, `small`) reproduce the published networks; trained checkpoints only fit them.
+
+    Attributes:
+        variant: "large" or "small".
+        encoder_widths: Stem and layer widths of the feature and context encoders (stem, layer1, layer2,
+            layer3).
+        encoder_block: "residual" (two 3x3 convs, RAFT-large) or "bottleneck" (1x1-3x3-1x1, RAFT-small).
+        context_norm: Normalisation of the context encoder: "batch" (BatchNorm, eval statistics) for large,
+            "none" for small.
+        feature_dim: Channels of the feature encoder's output.
+        hidden_dim: Channels of the update block's hidden state (the first part of the context encoder's
+            output).
+        context_dim: Channels of the context features (the rest of the context encoder's output).
+        corr_levels: Levels of the correlation pyramid.
+        corr_radius: Radius r of the correlation lookup: a (2r+1)^2 window on each level.
+        convex_upsampling: Convex upsampling with a learned 9x8x8 mask (large), else bilinear x8 (small).
+
+    Raises:
+        InputError: An unknown variant, encoder_block or context_norm, or corr_levels or corr_radius below 1.
     """
 
     variant: str
@@ -43,6 +61,7 @@ class RAFTConfig:
 
     @classmethod
     def large(cls) -> RAFTConfig:
+        """The published RAFT-large."""
         return cls(
             variant="large",
             encoder_widths=(64, 64, 96, 128),
@@ -58,6 +77,7 @@ class RAFTConfig:
 
     @classmethod
     def small(cls) -> RAFTConfig:
+        """The published RAFT-small."""
         return cls(
             variant="small",
             encoder_widths=(32, 32, 64, 96),
@@ -73,6 +93,17 @@ class RAFTConfig:
 
     @classmethod
     def from_variant(cls, variant: str) -> RAFTConfig:
+        """The preset of a variant name.
+
+        Args:
+            variant: "large" or "small".
+
+        Returns:
+            `RAFTConfig.large()` or `RAFTConfig.small()`.
+
+        Raises:
+            InputError: Another name.
+        """
         if variant == "large":
             return cls.large()
         if variant == "small":
@@ -94,4 +125,5 @@ class RAFTConfig:
 
     @property
     def min_image_size(self) -> int:
+        """Smallest side of a padded input image in pixels: 8 x `min_feature_size`."""
         return 8 * self.min_feature_size

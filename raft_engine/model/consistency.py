@@ -48,13 +48,27 @@ def sample_at(values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def forward_backward_check(
     forward: torch.Tensor, backward: torch.Tensor, alpha1: float = ALPHA1, alpha2: float = ALPHA2
 ) -> torch.Tensor:
-    """Where the flow of image 1 is not confirmed by the flow of image 2 -> (B, H, W) bool, True = occluded.
+    """Where the flow of image 1 is not confirmed by the flow of image 2.
 
-    forward: (B, 2, H, W) flow image 1 -> image 2; backward: (B, 2, H, W) flow image 2 -> image 1 (pixels,
-    x first). A pixel x is occluded where its target leaves image 2 (x + f(x) outside 0..W-1, 0..H-1) or
+    A pixel x is occluded where its target leaves image 2 (x + f(x) outside 0..W-1, 0..H-1) or
         |f(x) + b(x + f(x))|^2 > alpha1 (|f(x)|^2 + |b(x + f(x))|^2) + alpha2,
-    with b sampled bilinearly at x + f(x). Batched, on the flows' device; in float32 at least.
-    The mask of image 2 is `forward_backward_check(backward, forward)`.
+    with f the forward flow, b the backward flow sampled bilinearly at x + f(x). Batched, on the flows'
+    device; in float32 at least. The mask of image 2 is `forward_backward_check(backward, forward)`.
+
+    Args:
+        forward: (B, 2, H, W) flow image 1 -> image 2, in pixels, x first.
+        backward: (B, 2, H, W) flow image 2 -> image 1, in pixels, x first.
+        alpha1: The relative constant: the share of the squared magnitudes a squared mismatch may reach
+            (default 0.01, UnFlow's).
+        alpha2: The absolute constant, in square pixels (default 0.5, UnFlow's).
+
+    Returns:
+        (B, H, W) bool, True = occluded.
+
+    Raises:
+        InputTypeError: A flow that is not a torch tensor, or an alpha that is not a number.
+        InputError: A flow that is not a floating-point (B, 2, H, W), flows of different shapes or under
+            2x2 pixels, or an alpha that is negative or not finite.
     """
     _check_flows(forward, backward)
     check_alphas(alpha1, alpha2)

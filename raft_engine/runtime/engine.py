@@ -53,17 +53,33 @@ _FORWARDS = {
 class FlowEngine:
     """Optical flow with a RAFT model.
 
-    model: a `RAFT` (e.g. from `load_model`); the engine works on its own copy.
-    options: `EngineOptions` (device, dtype, padding, backend, corr, corr_dtype, corr_budget, compile,
-        cuda_graphs, max_compiled_shapes, channels_last; see there); keyword arguments of those names set
-        or override single settings: `FlowEngine(model, dtype="bf16")`, `FlowEngine(model, options,
-        compile=True)`. corr="auto" logs its choice (logger "raft_engine.runtime.engine") and
-        `corr_mode_for` tells it. The compiled forward is `raft_engine.runtime.compiled`'s; `warmup`
-        builds a shape's graph ahead of time. CUDA graphs' results are copied out, never overwritten by
-        the next call.
+    corr="auto" logs its choice (logger "raft_engine.runtime.engine") and `corr_mode_for` tells it. The
+    compiled forward is `raft_engine.runtime.compiled`'s; `warmup` builds a shape's graph ahead of time.
+    CUDA graphs' results are copied out, never overwritten by the next call.
 
-    Attributes: options; device (torch.device); dtype and corr_dtype (torch dtypes); padding; backend
-    (resolved: "torch" or "triton"); corr; corr_budget; config (the model's RAFTConfig).
+    Args:
+        model: A `RAFT` (e.g. from `load_model`); the engine works on its own copy.
+        options: `EngineOptions` (device, dtype, padding, backend, corr, corr_dtype, corr_budget, compile,
+            cuda_graphs, max_compiled_shapes, channels_last; see there); None: the defaults.
+        **changes: Settings of those names, which set or override single settings of `options`:
+            `FlowEngine(model, dtype="bf16")`, `FlowEngine(model, options, compile=True)`.
+
+    Attributes:
+        options: The `EngineOptions` it runs with, `changes` included.
+        device: The torch.device.
+        dtype: The torch dtype of the encoders and the update block.
+        corr_dtype: The torch dtype of the correlation's storage.
+        padding: The padding mode.
+        backend: The backend, resolved: "torch" or "triton".
+        corr: The correlation mode setting: "auto", "volume" or "ondemand".
+        corr_budget: Bytes of dense pyramid that corr="auto" allows.
+        config: The model's `RAFTConfig`.
+
+    Raises:
+        InputTypeError: `model` is not a `RAFT`, `options` not an `EngineOptions`, or a name in `changes` is
+            not a setting.
+        InputError: A wrong setting, a device that is not available, or cuda_graphs=True on a device other
+            than CUDA.
     """
 
     def __init__(self, model: RAFT, options: EngineOptions | None = None, **changes: Any) -> None:
@@ -128,6 +144,7 @@ class FlowEngine:
 
     @property
     def settings(self) -> EstimatorSettings:
+        """What this engine runs with, as `EstimatorSettings` (variant, backend, dtype, device, corr, compiled)."""
         return EstimatorSettings(
             variant=self.config.variant,
             backend=self.backend,
@@ -138,7 +155,16 @@ class FlowEngine:
         )
 
     def describe(self, height: int | None = None, width: int | None = None) -> str:
-        """Where and how it runs: the device, backend and correlation mode (for a size, the one used there)."""
+        """Where and how it runs: the device, backend and correlation mode.
+
+        Args:
+            height: With `width`, a size: the correlation mode is then the one used for a pair of that size;
+                None (either of them): the `corr` setting.
+            width: The width of that size.
+
+        Returns:
+            One line: "DEVICE, BACKEND, corr MODE".
+        """
         corr = self.corr if height is None or width is None else self.corr_mode_for(1, height, width)
         return f"{self.device}, {self.backend}, corr {corr}"
 
@@ -150,14 +176,37 @@ class FlowEngine:
         )
 
     def model_for(self, corr_mode: str) -> RAFT:
-        """The engine's model (its weights, dtype and device) with the "volume" or "ondemand" correlation
-        on its backend; `corr_mode_for` tells which one a shape uses."""
+        """The engine's model (its weights, dtype and device) with one correlation mode on its backend.
+
+        `corr_mode_for` tells which mode a shape uses.
+
+        Args:
+            corr_mode: "volume" or "ondemand".
+
+        Returns:
+            The `RAFT` with that correlation.
+
+        Raises:
+            InputError: An unknown correlation mode.
+        """
         if corr_mode not in self._models:
             raise InputError(f"unknown correlation mode {corr_mode!r}; expected one of {tuple(self._models)}")
         return self._models[corr_mode]
 
     def corr_mode_for(self, batch: int, height: int, width: int) -> str:
-        """ "volume" or "ondemand": what this engine uses for `batch` pairs of height x width images."""
+        """The correlation mode this engine uses for `batch` pairs of height x width images.
+
+        With corr="auto", "ondemand" where the dense pyramid of the padded images would take more than
+        `corr_budget` bytes, else "volume"; the choice is logged once for each (batch, height, width).
+
+        Args:
+            batch: The number of pairs that run together.
+            height: The images' height in pixels, before padding.
+            width: The images' width in pixels, before padding.
+
+        Returns:
+            "volume" or "ondemand".
+        """
         if self.corr != "auto":
             return self.corr
         padded_h, padded_w = Padder(height, width, self.padding).padded_size
@@ -177,7 +226,19 @@ class FlowEngine:
         return mode
 
     def prepare(self, image1: ImageLike, image2: ImageLike) -> tuple[torch.Tensor, torch.Tensor, Padder]:
-        """Convert, validate and pad a pair -> (B, 3, H', W') float32 on the device, and the padder."""
+        """Convert, validate and pad a pair.
+
+        Args:
+            image1: The first image or batch, in any form `to_image_batch` takes.
+            image2: The second, of the same batch size and image size.
+
+        Returns:
+            (padded1, padded2, padder): both as (B, 3, H', W') float32 on the device, and the padder.
+
+        Raises:
+            InputTypeError: An image of a type not taken.
+            InputError: A bad image, batch sizes or image sizes that differ, or images too small for RAFT.
+        """
         batch1 = to_image_batch(image1, "image1").to(self.device)
         batch2 = to_image_batch(image2, "image2").to(self.device)
         check_pair(batch1, batch2)
@@ -186,7 +247,18 @@ class FlowEngine:
         return self._pad(padder, batch1), self._pad(padder, batch2), padder
 
     def padder_for(self, height: int, width: int) -> Padder:
-        """The padder of height x width images; images too small for RAFT raise InputError, naming the minimum."""
+        """The padder of height x width images, with the engine's padding mode.
+
+        Args:
+            height: The images' height in pixels.
+            width: The images' width in pixels.
+
+        Returns:
+            The `Padder`.
+
+        Raises:
+            InputError: Images too small for RAFT; the message names the minimum.
+        """
         padder = Padder(height, width, self.padding)
         padded_h, padded_w = padder.padded_size
         minimum = self.config.min_image_size
@@ -207,6 +279,22 @@ class FlowEngine:
     def check_flow_init(
         self, flow_init: ArrayLike, batch: int, grid: tuple[int, int], name: str = "flow_init"
     ) -> torch.Tensor:
+        """Check an initial flow and move it to the device as float32.
+
+        Args:
+            flow_init: A (B, 2, H/8, W/8) flow on the padded 1/8 grid, a torch tensor or numpy array, e.g.
+                the flow_low of the previous result.
+            batch: The batch size B it must have.
+            grid: The (H/8, W/8) it must have.
+            name: What the error messages call it.
+
+        Returns:
+            The flow, float32 on the engine's device.
+
+        Raises:
+            InputTypeError: Neither a torch tensor nor a numpy array.
+            InputError: Another shape, not floating point, or containing NaN or Inf.
+        """
         if isinstance(flow_init, np.ndarray):
             flow_init = torch.from_numpy(flow_init)
         if not isinstance(flow_init, torch.Tensor):
@@ -228,8 +316,22 @@ class FlowEngine:
     def estimate(
         self, image1: ImageLike, image2: ImageLike, iters: int | None = 12, flow_init: ArrayLike | None = None
     ) -> FlowResult:
-        """Flow from image1 to image2 (both (H, W, 3)/(3, H, W) or batched; see `to_image_batch`); iters
-        None: 12."""
+        """Flow from image1 to image2.
+
+        Args:
+            image1: The first image: (H, W, 3)/(3, H, W) or batched; see `to_image_batch`.
+            image2: The second image, of the same size and batch size.
+            iters: Refinement iterations; None: 12.
+            flow_init: Optional (B, 2, H/8, W/8) initial flow on the padded 1/8 grid (a warm start), e.g. the
+                flow_low of the previous result.
+
+        Returns:
+            The `FlowResult`: flow at the input resolution, and flow_low on the padded 1/8 grid.
+
+        Raises:
+            InputTypeError: An image or flow_init of a type not taken.
+            InputError: Bad images (sizes that differ, too small for RAFT, ...), iters or flow_init.
+        """
         iters = check_iters(DEFAULT_ITERS if iters is None else iters)
         padded1, padded2, padder = self.prepare(image1, image2)
         checked_init = None
@@ -255,10 +357,24 @@ class FlowEngine:
         Cheaper than two `estimate` calls: each image through the feature encoder once, the dense volume's
         product computed once (the backward volume is its transpose), both directions as one batch through
         the iterations, the check on the device. `forward` equals `estimate(image1, image2)` and `backward`
-        `estimate(image2, image1)` (to float32 rounding). flow_init: None, or a pair (forward, backward) of
-        (B, 2, H/8, W/8) flows, e.g. the flow_low of a previous result's directions. alpha1, alpha2: the
-        check's constants (`raft_engine.model.consistency.forward_backward_check`). The correlation mode is
-        chosen for the 2B pairs that run together.
+        `estimate(image2, image1)` (to float32 rounding). The correlation mode is chosen for the 2B pairs
+        that run together.
+
+        Args:
+            image1: The first image or batch, in the forms `estimate` takes.
+            image2: The second, of the same size and batch size.
+            iters: Refinement iterations; None: 12.
+            flow_init: None, or a pair (forward, backward) of (B, 2, H/8, W/8) flows, e.g. the flow_low of a
+                previous result's directions.
+            alpha1: The check's relative constant (`raft_engine.model.consistency.forward_backward_check`).
+            alpha2: The check's absolute constant, in square pixels.
+
+        Returns:
+            The `BidirectionalResult`: both directions and both occlusion masks.
+
+        Raises:
+            InputTypeError: flow_init that is not a pair, or an image or flow of a type not taken.
+            InputError: Bad images, iters, alphas or flows.
         """
         iters = check_iters(DEFAULT_ITERS if iters is None else iters)
         check_alphas(alpha1, alpha2)
@@ -288,9 +404,25 @@ class FlowEngine:
         pixels: Iterable[tuple[float, float]] = (),
         flow_init: ArrayLike | None = None,
     ) -> FlowTrace:
-        """Run one pair and keep RAFT's internals: feature maps, and for each test pixel (x, y) its
-        correlation response maps, correspondences per iteration and lookup windows. See
-        `raft_engine.runtime.trace.FlowTrace`; `raft_engine.tools.inspection_html.write_report` draws it."""
+        """Run one pair and keep RAFT's internals.
+
+        The internals: feature maps, and for each test pixel (x, y) its correlation response maps,
+        correspondences per iteration and lookup windows. `raft_engine.tools.inspection_html.write_report`
+        draws them.
+
+        Args:
+            image1: The first image (one pair, not a batch), in the forms `estimate` takes.
+            image2: The second image, of the same size.
+            iters: Refinement iterations.
+            pixels: The test pixels, each (x, y).
+            flow_init: Optional (1, 2, H/8, W/8) initial flow on the padded 1/8 grid.
+
+        Returns:
+            The `raft_engine.runtime.trace.FlowTrace`.
+
+        Raises:
+            InputError: A batch of more than one pair, or bad images, iters or flow_init.
+        """
         from raft_engine.runtime.trace import trace_model
 
         iters = check_iters(iters)
@@ -353,31 +485,59 @@ class FlowEngine:
     ) -> Iterator[FlowResult] | Iterator[BidirectionalResult]:
         """The flow of each consecutive pair of `frames` (0 -> 1, 1 -> 2, ...), in order, as it is computed.
 
-        frames: any iterable of images, one image each, in the forms `estimate` takes (numpy, PIL,
-            torch; the frames of `raft_engine.io.read_video`; a (T, H, W, C) array or (T, C, H, W)
-            tensor), all of the size of the first. Read as they are needed: at most batch_size + 1
-            frames and their feature maps are held at once. iters None: 12; batch_size None: 4.
         Each frame goes through the feature encoder once, its features serving as the second image of
-        one pair and the first of the next; each yielded `FlowResult` holds one pair (batch 1).
-        warm_start=False: the pairs are independent, and `batch_size` consecutive pairs run as one
-            batch; each flow equals `estimate` on that pair (to float32 rounding).
-        warm_start=True: each pair starts from the previous pair's 1/8 flow carried to its first frame
-            (`raft_engine.model.warm_start.forward_interpolate`, on the device), as the published Sintel
-            submission does; the first pair starts from zero. A pair needs the previous one's result,
-            so the iterations run pair by pair; the feature encoder still runs `batch_size` frames
-            at a time. Each flow equals `estimate(..., flow_init=forward_interpolate(previous.flow_low))`.
-        bidirectional=True: a `BidirectionalResult` per pair (both directions and both masks, as
-            `bidirectional` gives; alpha1, alpha2 its constants), every frame still encoded once; the
-            2 x batch_size directions run as one batch. Cold only: warm_start=True is refused.
-        A bad frame (another size, a batch, not an image) raises a ValueError or TypeError naming it, and
-        an error of the iterable itself propagates, each after the flows of every pair before it have
-        been yielded; fewer than 2 frames raise a ValueError.
+        one pair and the first of the next. Frames are read as they are needed: at most batch_size + 1
+        frames and their feature maps are held at once.
+
+        Args:
+            frames: Any iterable of images, one image each, in the forms `estimate` takes (numpy, PIL,
+                torch; the frames of `raft_engine.io.read_video`; a (T, H, W, C) array or (T, C, H, W)
+                tensor), all of the size of the first.
+            iters: Refinement iterations; None: 12.
+            warm_start: False: the pairs are independent, and `batch_size` consecutive pairs run as one
+                batch; each flow equals `estimate` on that pair (to float32 rounding). True: each pair starts
+                from the previous pair's 1/8 flow carried to its first frame
+                (`raft_engine.model.warm_start.forward_interpolate`, on the device), as the published Sintel
+                submission does; the first pair starts from zero. A pair needs the previous one's result,
+                so the iterations run pair by pair; the feature encoder still runs `batch_size` frames
+                at a time. Each flow equals `estimate(..., flow_init=forward_interpolate(previous.flow_low))`.
+            batch_size: Consecutive pairs that run as one batch; None: 4.
+            bidirectional: True: a `BidirectionalResult` per pair (both directions and both masks, as
+                `bidirectional` gives), every frame still encoded once; the 2 x batch_size directions run
+                as one batch. Cold only: warm_start=True is refused.
+            alpha1: With bidirectional=True, the forward-backward check's relative constant, as in
+                `bidirectional`.
+            alpha2: With bidirectional=True, the check's absolute constant, as in `bidirectional`.
+
+        Yields:
+            A `FlowResult` per pair, holding that pair (batch 1); with bidirectional=True a
+            `BidirectionalResult`.
+
+        Raises:
+            InputTypeError: frames that are not an iterable, or warm_start or bidirectional not a bool.
+            InputError: A bad iters, batch_size or alpha, warm_start=True with bidirectional=True, or an array
+                of frames that is not 4-dimensional.
+            ValueError: Fewer than 2 frames, or a bad frame (another size, a batch, not an image), named; a
+                frame of a type not taken raises a TypeError. A bad frame, like an error of the iterable
+                itself, is raised after the flows of every pair before it have been yielded.
         """
         return start_sequence(self, frames, iters, warm_start, batch_size, bidirectional, alpha1, alpha2)
 
     def warmup(self, batch: int, height: int, width: int, iters: int = 12, warm_start: bool = False) -> float:
-        """Run `batch` pairs of height x width once (three times with CUDA graphs: warm-up, record,
-        replay) so that the compiled graph of that shape exists before serving -> seconds taken."""
+        """Run `batch` pairs of height x width so that the compiled graph of that shape exists before serving.
+
+        Once, or three times with CUDA graphs: warm-up, record, replay.
+
+        Args:
+            batch: The number of pairs.
+            height: The images' height in pixels.
+            width: The images' width in pixels.
+            iters: Refinement iterations.
+            warm_start: Pass a zero flow_init, as a warm-started call does.
+
+        Returns:
+            The seconds taken.
+        """
         iters = check_iters(iters)
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(0)
@@ -394,5 +554,14 @@ class FlowEngine:
         return time.perf_counter() - start
 
     def __call__(self, image1: ImageLike, image2: ImageLike, iters: int = 12) -> torch.Tensor:
-        """The flow (B, 2, H, W) float32 of `estimate`."""
+        """The flow (B, 2, H, W) float32 of `estimate`.
+
+        Args:
+            image1: The first image or batch, in the forms `estimate` takes.
+            image2: The second, of the same size and batch size.
+            iters: Refinement iterations.
+
+        Returns:
+            `estimate(image1, image2, iters=iters).flow`.
+        """
         return self.estimate(image1, image2, iters=iters).flow

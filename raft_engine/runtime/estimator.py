@@ -19,17 +19,25 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EstimatorSettings:
-    """What an estimator runs with: for the records of evaluations and benchmarks, and for the checks of
-    its callers.
+    """What an estimator runs with.
 
-    variant: "large" or "small". backend: "torch", "triton", "onnxruntime (CPUExecutionProvider)", ...
-    dtype: "fp32", "fp16", "bf16". device: where it computes ("cpu", "cuda:0", or the server's address).
-    corr: "auto", "volume" or "ondemand". compiled: under torch.compile. source: the ONNX file or the
-    server's URL and model (None for an engine). iters: the fixed iteration count of an exported graph
-    (None: any, or not known). runs_own_iters: whether it runs a count of its own (an exported graph's,
-    known or not) that `estimate`'s iters can only repeat. size: the fixed (height, width) of its padded
-    inputs (None: any). batch: its fixed batch (None: any). takes_flow_init: whether `estimate` takes a
-    flow_init (warm start)."""
+    For the records of evaluations and benchmarks, and for the checks of its callers.
+
+    Attributes:
+        variant: "large" or "small".
+        backend: "torch", "triton", "onnxruntime (CPUExecutionProvider)", ...
+        dtype: "fp32", "fp16" or "bf16".
+        device: Where it computes ("cpu", "cuda:0", or the server's address).
+        corr: "auto", "volume" or "ondemand".
+        compiled: Whether it runs under torch.compile.
+        source: The ONNX file, or the server's URL and model; None for an engine.
+        iters: The fixed iteration count of an exported graph; None: any, or not known.
+        runs_own_iters: Whether it runs a count of its own (an exported graph's, known or not) that
+            `estimate`'s iters can only repeat.
+        size: The fixed (height, width) of its padded inputs; None: any.
+        batch: Its fixed batch size; None: any.
+        takes_flow_init: Whether `estimate` takes a flow_init (warm start).
+    """
 
     variant: str
     backend: str
@@ -45,7 +53,11 @@ class EstimatorSettings:
     takes_flow_init: bool = True
 
     def record(self) -> dict[str, Any]:
-        """The fields evaluation records carry: backend, dtype, device, variant, corr, compiled, onnx."""
+        """The fields evaluation records carry: backend, dtype, device, variant, corr, compiled, onnx.
+
+        Returns:
+            A dict of those fields; onnx is `source` for an ONNX Runtime backend, else None.
+        """
         return {
             "backend": self.backend,
             "dtype": self.dtype,
@@ -61,25 +73,32 @@ class EstimatorSettings:
 class FlowEstimator(Protocol):
     """Whatever estimates optical flow for a pair of images.
 
-    estimate(image1, image2, iters, flow_init) -> FlowResult: the flow from image1 to image2, in any of
-        the image forms of `raft_engine.runtime.inputs.to_image_batch`, padded and cropped back; iters
-        None is the estimator's own count (12 for an engine, the unrolled count of an exported graph).
-    bidirectional(image1, image2, iters, flow_init, alpha1, alpha2) -> BidirectionalResult: both directions
-        and the forward-backward check's masks (an exported graph: only one exported with them).
-    sequence(frames, iters, warm_start, batch_size, bidirectional, ...) -> the FlowResult (with
-        bidirectional=True the BidirectionalResult) of each consecutive pair of frames, in order, as
-        computed (an engine encodes each frame once; `pairwise_sequence` for the others).
-    describe(height, width) -> one line: where and how it runs (an engine's device, backend and correlation,
-        for a size the correlation mode used there; a session's provider; a server's address).
-    settings: `EstimatorSettings`.
+    A protocol: `FlowEngine`, an ONNX Runtime session (`raft_engine.export.OrtFlowSession`) and a Triton
+    Inference Server client (`raft_engine.export.TritonFlowClient`) are estimators; it is not instantiated.
     """
 
     @property
-    def settings(self) -> EstimatorSettings: ...
+    def settings(self) -> EstimatorSettings:
+        """What it runs with, as `EstimatorSettings`."""
+        ...
 
     def estimate(
         self, image1: ImageLike, image2: ImageLike, iters: int | None = ..., flow_init: ArrayLike | None = ...
-    ) -> FlowResult: ...
+    ) -> FlowResult:
+        """The flow from image1 to image2, padded and cropped back.
+
+        Args:
+            image1: The first image, in any of the image forms of `raft_engine.runtime.inputs.to_image_batch`.
+            image2: The second image, in the same forms.
+            iters: Refinement iterations; None is the estimator's own count (12 for an engine, the unrolled
+                count of an exported graph).
+            flow_init: Optional initial flow on the padded 1/8 grid (warm start), for an estimator that takes
+                one (`EstimatorSettings.takes_flow_init`).
+
+        Returns:
+            The `FlowResult`.
+        """
+        ...
 
     def bidirectional(
         self,
@@ -89,7 +108,23 @@ class FlowEstimator(Protocol):
         flow_init: tuple[ArrayLike, ArrayLike] | None = ...,
         alpha1: float = ...,
         alpha2: float = ...,
-    ) -> BidirectionalResult: ...
+    ) -> BidirectionalResult:
+        """Both directions of a pair and the forward-backward check's masks.
+
+        Of an exported graph, only one exported with them gives them.
+
+        Args:
+            image1: The first image, in the forms `estimate` takes.
+            image2: The second image.
+            iters: Refinement iterations; None: the estimator's own count.
+            flow_init: None, or a pair (forward, backward) of initial flows on the padded 1/8 grid.
+            alpha1: The check's relative constant (`raft_engine.model.consistency.forward_backward_check`).
+            alpha2: The check's absolute constant, in square pixels.
+
+        Returns:
+            The `BidirectionalResult`.
+        """
+        ...
 
     def sequence(
         self,
@@ -100,9 +135,41 @@ class FlowEstimator(Protocol):
         bidirectional: bool = ...,
         alpha1: float = ...,
         alpha2: float = ...,
-    ) -> Iterator[Any]: ...
+    ) -> Iterator[Any]:
+        """The result of each consecutive pair of frames, in order, as computed.
 
-    def describe(self, height: int | None = None, width: int | None = None) -> str: ...
+        An engine encodes each frame once; the others run pair by pair (`pairwise_sequence`).
+
+        Args:
+            frames: An iterable of images, one image each, in the forms `estimate` takes.
+            iters: Refinement iterations; None: the estimator's own count.
+            warm_start: Start each pair from the previous pair's flow (see `FlowEngine.sequence`); needs an
+                estimator that takes flow_init.
+            batch_size: Consecutive pairs that run as one batch (an engine); one that runs pair by pair takes
+                only None or 1.
+            bidirectional: Yield the `BidirectionalResult` of each pair instead of its `FlowResult`.
+            alpha1: With bidirectional=True, the forward-backward check's relative constant.
+            alpha2: With bidirectional=True, the check's absolute constant.
+
+        Yields:
+            The `FlowResult` of each pair (with bidirectional=True the `BidirectionalResult`).
+        """
+        ...
+
+    def describe(self, height: int | None = None, width: int | None = None) -> str:
+        """One line: where and how it runs.
+
+        An engine's device, backend and correlation (for a size, the correlation mode used there); a
+        session's provider; a server's address.
+
+        Args:
+            height: With `width`, a size whose correlation mode an engine names; None: no size.
+            width: The width of that size.
+
+        Returns:
+            The line.
+        """
+        ...
 
 
 def check_estimator(estimator: object) -> FlowEstimator:

@@ -60,25 +60,31 @@ def _flag(name: str, value: object, none_allowed: bool = False) -> None:
 class EngineOptions:
     """How a FlowEngine runs.
 
-    device: "cpu", "cuda", "cuda:1", ...; None: CUDA when available, else the CPU (checked when an engine
-        is built). A torch.device is taken and kept as its name.
-    dtype: "fp32" (default), "fp16" or "bf16" (or a torch dtype): the encoders and the update block run in
-        it; the correlation and the coordinates stay float32, like the published mixed-precision mode.
-    padding: "sintel" (replicate, split evenly) or "kitti" (all of the height at the bottom).
-    backend: "triton" (fused kernels), "torch" (the PyTorch reference), or "auto": Triton on CUDA, torch on
-        the CPU. Triton on the CPU needs TRITON_INTERPRET=1 (Triton's interpreter; slow).
-    corr: "volume" (the published all-pairs pyramid), "ondemand" (the same numbers, computed at lookup
-        time in O(HW) memory), or "auto": on-demand when the dense pyramid would exceed `corr_budget` bytes.
-    corr_dtype: storage of the pyramid (dense) or of the features (on-demand): "fp32" (default), "fp16"
-        or "bf16"; lookups accumulate in float32 either way.
-    corr_budget: bytes of dense pyramid that corr="auto" allows (default 2 GiB).
-    compile: the whole forward under torch.compile(fullgraph=True), one graph per input shape.
-    cuda_graphs: replay the compiled forward as CUDA graphs; None (default): on when compiling on CUDA.
-    max_compiled_shapes: how many shapes get a compiled graph; further ones run eagerly, with a warning.
-    channels_last: run the convolutions on channels-last tensors.
-
     Every setting is checked when the options are made: a wrong one raises `InputError` (a value) or
     `InputTypeError` (a type) naming it.
+
+    Attributes:
+        device: "cpu", "cuda", "cuda:1", ...; None: CUDA when available, else the CPU (checked when an
+            engine is built). A torch.device is taken and kept as its name.
+        dtype: "fp32" (default), "fp16" or "bf16" (or a torch dtype): the encoders and the update block run
+            in it; the correlation and the coordinates stay float32, like the published mixed-precision mode.
+        padding: "sintel" (replicate, split evenly) or "kitti" (all of the height at the bottom).
+        backend: "triton" (fused kernels), "torch" (the PyTorch reference), or "auto": Triton on CUDA, torch
+            on the CPU. Triton on the CPU needs TRITON_INTERPRET=1 (Triton's interpreter; slow).
+        corr: "volume" (the published all-pairs pyramid), "ondemand" (the same numbers, computed at lookup
+            time in O(HW) memory), or "auto": on-demand when the dense pyramid would exceed `corr_budget`
+            bytes.
+        corr_dtype: Storage of the pyramid (dense) or of the features (on-demand): "fp32" (default), "fp16"
+            or "bf16"; lookups accumulate in float32 either way.
+        corr_budget: Bytes of dense pyramid that corr="auto" allows (default 2 GiB).
+        compile: The whole forward under torch.compile(fullgraph=True), one graph per input shape.
+        cuda_graphs: Replay the compiled forward as CUDA graphs; None (default): on when compiling on CUDA.
+        max_compiled_shapes: How many shapes get a compiled graph; further ones run eagerly, with a warning.
+        channels_last: Run the convolutions on channels-last tensors.
+
+    Raises:
+        InputError: A wrong value, e.g. an unknown name or cuda_graphs=True without compile=True.
+        InputTypeError: A wrong type.
     """
 
     device: str | None = None
@@ -121,7 +127,18 @@ class EngineOptions:
             raise InputError("cuda_graphs=True needs compile=True: the graphs are recorded from the compiled forward")
 
     def replace(self, **changes: Any) -> EngineOptions:
-        """These options with some settings changed (checked again); an unknown name raises InputTypeError."""
+        """These options with some settings changed (checked again).
+
+        Args:
+            **changes: The new values, by setting name: `options.replace(dtype="bf16")`.
+
+        Returns:
+            New `EngineOptions`; these stay as they are.
+
+        Raises:
+            InputTypeError: An unknown name, or a value of a wrong type.
+            InputError: A wrong value.
+        """
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             raise InputTypeError(

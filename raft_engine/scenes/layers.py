@@ -21,9 +21,18 @@ SUPERSAMPLING = 2  # colour and coverage are rendered at 2x and box-filtered: an
 
 @dataclass(frozen=True)
 class ScenePair:
-    """image1, image2: (H, W, 3) uint8. flow: (H, W, 2) float32, image 1 -> image 2, every pixel.
-    occlusion: (H, W) bool, True where a pixel of image 1 is not seen in image 2 (`occlusion_between`).
-    flow_backward, occlusion_backward: the same from image 2 to image 1."""
+    """A generated image pair and its exact ground truth.
+
+    Attributes:
+        image1: (H, W, 3) uint8.
+        image2: (H, W, 3) uint8.
+        flow: (H, W, 2) float32, image 1 -> image 2, every pixel.
+        seed: the seed the pair was generated from.
+        occlusion: (H, W) bool, True where a pixel of image 1 is not seen in image 2 (`occlusion_between`);
+            None when not given.
+        flow_backward: the same as `flow`, from image 2 to image 1; None when not given.
+        occlusion_backward: the same as `occlusion`, from image 2 to image 1; None when not given.
+    """
 
     image1: np.ndarray
     image2: np.ndarray
@@ -36,23 +45,47 @@ class ScenePair:
 
 @dataclass(frozen=True)
 class Pose:
-    """canonical c -> image p = centre + scale * R(angle) c, in pixels."""
+    """A layer's similarity from its canonical plane to the image.
+
+    canonical c -> image p = centre + scale * R(angle) c, in pixels.
+
+    Attributes:
+        centre: (x, y), where the canonical origin lies in the image, in pixels.
+        angle: the rotation R, in radians.
+        scale: image pixels per canonical unit.
+    """
 
     centre: tuple[float, float]
     angle: float
     scale: float
 
     def matrix(self) -> np.ndarray:
+        """The linear part, scale * R(angle): a 2x2 float64 array."""
         cos, sin = math.cos(self.angle), math.sin(self.angle)
         return self.scale * np.array([[cos, -sin], [sin, cos]])
 
     def to_canonical(self, points: torch.Tensor) -> torch.Tensor:
-        """points: (2, ...) image x, y -> (2, ...) canonical."""
+        """Image points in canonical coordinates.
+
+        Args:
+            points: (2, ...) image x, y.
+
+        Returns:
+            (2, ...) canonical.
+        """
         inverse = torch.from_numpy(np.linalg.inv(self.matrix())).float()
         shifted = points - torch.tensor(self.centre, dtype=torch.float32).view(2, *[1] * (points.ndim - 1))
         return _mix(inverse, shifted)
 
     def to_image(self, canonical: torch.Tensor) -> torch.Tensor:
+        """Canonical points in image coordinates: centre + scale * R(angle) c.
+
+        Args:
+            canonical: (2, ...) canonical x, y.
+
+        Returns:
+            (2, ...) image x, y, in pixels.
+        """
         forward = torch.from_numpy(self.matrix()).float()
         centre = torch.tensor(self.centre, dtype=torch.float32).view(2, *[1] * (canonical.ndim - 1))
         return _mix(forward, canonical) + centre
@@ -73,6 +106,20 @@ def _mix(matrix: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Layer:
+    """One layer of a scene: a texture, a shape and its pose in each of two frames.
+
+    A scene's layers are painted back to front.
+
+    Attributes:
+        texture: (3, h, w) in 0..1, centred on the canonical origin, 1 texel per unit.
+        shape: "full" (the background), "ellipse", "blob" or "box".
+        shape_params: the shape's sizes in canonical units: () for "full"; (a, b) for "ellipse" (the
+            semi-axes along u and v) and "box" (the half-sides); (r0, a_2, phi_2, a_3, phi_3, ...) for
+            "blob", the star shape r(theta) = r0 (1 + sum a_k cos(k theta + phi_k)).
+        pose1: the pose in frame 1 (a `Pose`, or a projective map in v2 scenes).
+        pose2: the pose in frame 2.
+    """
+
     texture: torch.Tensor  # (3, h, w) in 0..1, centred on the canonical origin, 1 texel per unit
     shape: str  # "full" (the background), "ellipse", "blob" or "box"
     shape_params: tuple[float, ...]
@@ -80,6 +127,14 @@ class Layer:
     pose2: Pose | Projective
 
     def coverage(self, canonical: torch.Tensor) -> torch.Tensor:
+        """Whether canonical points lie inside the layer's shape.
+
+        Args:
+            canonical: (2, ...) canonical u, v.
+
+        Returns:
+            (...) bool, True inside the shape (everywhere for "full").
+        """
         u, v = canonical[0], canonical[1]
         if self.shape == "full":
             return torch.ones_like(u, dtype=torch.bool)
@@ -97,7 +152,14 @@ class Layer:
         return u**2 + v**2 <= (radius * boundary) ** 2
 
     def colour(self, canonical: torch.Tensor) -> torch.Tensor:
-        """Bilinear texture lookup, mirrored beyond the texture -> (3, ...)."""
+        """Bilinear texture lookup, mirrored beyond the texture.
+
+        Args:
+            canonical: (2, H, W) canonical u, v, 1 texel per unit.
+
+        Returns:
+            (3, H, W), the texture's colour there.
+        """
         height, width = self.texture.shape[-2:]
         grid = torch.stack([canonical[0] / (width / 2), canonical[1] / (height / 2)], dim=-1)
         sampled = F.grid_sample(
@@ -158,7 +220,16 @@ def _paint_shapes(rng: np.random.Generator, texture: torch.Tensor, count: int) -
 
 
 def make_texture(rng: np.random.Generator, height: int, width: int) -> torch.Tensor:
-    """(3, H, W) in 0..1: a gradient, multi-scale noise and painted shapes, with flat areas sometimes."""
+    """A random texture: a gradient, multi-scale noise and painted shapes, with flat areas sometimes.
+
+    Args:
+        rng: the random stream it draws from.
+        height: H, in texels.
+        width: W, in texels.
+
+    Returns:
+        (3, H, W) in 0..1.
+    """
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
     angle = rng.uniform(0, 2 * math.pi)
     ramp = ((xs * math.cos(angle) + ys * math.sin(angle)) * rng.uniform(0, 0.6) + 0.5).clamp(0, 1)
@@ -233,12 +304,25 @@ def occlusion_between(
     width: int,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """(H, W) bool: True where the pixel centre p of the frame at poses1 is occluded in the frame at poses2.
+    """Where the pixels of the frame at poses1 are occluded in the frame at poses2.
 
     Exact, from the scene itself: p belongs to the topmost layer there; its target q is where that layer
     carries p (the flow's target, in `dtype`). p is occluded where q leaves the frame (beyond its pixels'
     extent, -0.5 to W - 0.5 and -0.5 to H - 0.5), or where the layer seen at q at poses2, the topmost one
-    whose shape covers q there, is another layer."""
+    whose shape covers q there, is another layer.
+
+    Args:
+        layers: the scene's layers, back to front.
+        poses1: each layer's pose in the first frame.
+        poses2: each layer's pose in the second frame.
+        height: H, in pixels.
+        width: W, in pixels.
+        dtype: the dtype the targets q are computed in.
+
+    Returns:
+        (H, W) bool: True where the pixel centre p of the frame at poses1 is occluded in the frame at
+        poses2.
+    """
     points = pixel_grid(height, width, 1).to(dtype)
     own = torch.full((height, width), -1, dtype=torch.long)
     targets = torch.zeros_like(points)

@@ -31,7 +31,17 @@ _PHOTO_CACHE: dict[str, torch.Tensor] = {}
 
 
 def load_photo(name: str) -> torch.Tensor:
-    """A scikit-image sample photograph as (3, H, W) float32 in 0..1 (grey ones repeated), decoded once."""
+    """A scikit-image sample photograph as (3, H, W) float32 in 0..1, decoded once.
+
+    Grey photographs are repeated to 3 channels. Every call for a name returns the same tensor.
+
+    Args:
+        name: the name of a `skimage.data` image (those of `TRAINING_PHOTOS` and `HELD_OUT_PHOTOS`), or
+            "motorcycle_left" or "motorcycle_right", the two views of the Middlebury stereo pair.
+
+    Returns:
+        (3, H, W) float32 in 0..1.
+    """
     if name not in _PHOTO_CACHE:
         import skimage.data
 

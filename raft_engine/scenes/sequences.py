@@ -25,8 +25,17 @@ from raft_engine.scenes.layers import (
 
 @dataclass(frozen=True)
 class Trajectory:
-    """A smooth motion in frames t = 0, 1, ...: centre start + velocity t + acceleration t^2 / 2,
-    angle start + spin t, scale start * exp(growth t)."""
+    """A smooth motion in frames t = 0, 1, ...: constant acceleration, steady rotation and scaling.
+
+    Centre start + velocity t + acceleration t^2 / 2, angle start + spin t, scale start * exp(growth t).
+
+    Attributes:
+        start: the pose at t = 0.
+        velocity: (x, y), px per frame.
+        acceleration: (x, y), px per frame^2.
+        spin: radians per frame.
+        growth: log scale per frame.
+    """
 
     start: Pose
     velocity: tuple[float, float]  # px per frame
@@ -35,6 +44,14 @@ class Trajectory:
     growth: float  # log scale per frame
 
     def pose(self, t: float) -> Pose:
+        """The pose at time t.
+
+        Args:
+            t: the time, in frames from the start.
+
+        Returns:
+            The `Pose` at t.
+        """
         (x, y), (vx, vy), (ax, ay) = self.start.centre, self.velocity, self.acceleration
         centre = (x + vx * t + 0.5 * ax * t * t, y + vy * t + 0.5 * ay * t * t)
         return Pose(centre, self.start.angle + self.spin * t, self.start.scale * math.exp(self.growth * t))
@@ -42,9 +59,16 @@ class Trajectory:
 
 @dataclass(frozen=True)
 class SceneSequence:
-    """frames: N (H, W, 3) uint8. flows: N - 1 (H, W, 2) float32; flows[t] maps every pixel of frame t
-    to frame t + 1 (occluded there or not), like `ScenePair.flow`. occlusions: N - 1 (H, W) bool, where a
-    pixel of frame t is not seen in frame t + 1 (`ScenePair.occlusion`)."""
+    """A generated N-frame clip and the exact flow of each consecutive pair.
+
+    Attributes:
+        frames: N (H, W, 3) uint8.
+        flows: N - 1 (H, W, 2) float32; flows[t] maps every pixel of frame t to frame t + 1 (occluded
+            there or not), like `ScenePair.flow`.
+        seed: the seed the clip was generated from.
+        occlusions: N - 1 (H, W) bool, where a pixel of frame t is not seen in frame t + 1
+            (`ScenePair.occlusion`); () when not given.
+    """
 
     frames: tuple[np.ndarray, ...]
     flows: tuple[np.ndarray, ...]
@@ -52,7 +76,14 @@ class SceneSequence:
     occlusions: tuple[np.ndarray, ...] = ()
 
     def pair(self, t: int) -> ScenePair:
-        """Frames t and t + 1, their flow and occlusion."""
+        """Frames t and t + 1, their flow and occlusion.
+
+        Args:
+            t: the first frame's index, 0 to N - 2.
+
+        Returns:
+            A `ScenePair`, without the backward flow and occlusion.
+        """
         occlusion = self.occlusions[t] if self.occlusions else None
         return ScenePair(self.frames[t], self.frames[t + 1], self.flows[t], self.seed, occlusion)
 
@@ -105,11 +136,26 @@ def generate_sequence(
     max_displacement: float | None = None,
     photometric: bool = True,
 ) -> SceneSequence:
-    """`frames` frames of a scene whose background and objects move along smooth trajectories, and the
-    exact flow of each consecutive pair. max_displacement: the largest object speed in pixels per
-    frame, by default 0.05 * width (26 px at 512 wide); acceleration, rotation and scaling add to it.
-    A function of the seed: the first k frames of a longer sequence are the k-frame sequence.
-    photometric=False leaves out the colour changes and sensor noise (the scene is the same)."""
+    """A clip of a scene whose background and objects move along smooth trajectories.
+
+    `frames` frames and the exact flow of each consecutive pair. A function of the seed: the first k
+    frames of a longer sequence are the k-frame sequence.
+
+    Args:
+        seed: the seed the clip is drawn from.
+        frames: the number of frames, at least 2.
+        height: in pixels, at least 16.
+        width: in pixels, at least 16.
+        max_displacement: the largest object speed in pixels per frame, by default 0.05 * width (26 px at
+            512 wide); acceleration, rotation and scaling add to it.
+        photometric: False leaves out the colour changes and sensor noise (the scene is the same).
+
+    Returns:
+        A `SceneSequence`, with the occlusions.
+
+    Raises:
+        InputError: fewer than 2 frames, or a size under 16x16.
+    """
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
         raise InputError(f"a sequence needs at least 2 frames, got {frames!r}")
     if height < 16 or width < 16:

@@ -59,7 +59,18 @@ def _ground_truth_flow(layers: list[Layer], height: int, width: int) -> torch.Te
 def scene_tensors(
     seeds, height: int, width: int, max_displacement: float | None = None, style: SceneStyle | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The pairs of `seeds` as tensors: image1, image2 (B, 3, H, W) float32 in 0..255, flow (B, 2, H, W)."""
+    """The pairs of `seeds` as tensors, a batch of B pairs.
+
+    Args:
+        seeds: the seeds of the pairs, B ints.
+        height: H, in pixels.
+        width: W, in pixels.
+        max_displacement: as `generate_pair` takes it.
+        style: as `generate_pair` takes it.
+
+    Returns:
+        (image1, image2, flow): image1, image2 (B, 3, H, W) float32 in 0..255, flow (B, 2, H, W) float32.
+    """
     pairs = [generate_pair(seed, height, width, max_displacement=max_displacement, style=style) for seed in seeds]
 
     def stack(arrays):
@@ -76,11 +87,24 @@ def generate_pair(
     photometric: bool = True,
     style: SceneStyle | None = None,
 ) -> ScenePair:
-    """A pair and its exact flow. max_displacement: the largest object translation in pixels, by
-    default 0.15 * width (77 px at 512 wide); rotation and scale add to it near object edges.
-    photometric=False leaves out the colour changes and sensor noise (the scene is the same; with a
-    v2 style, also the lighting changes, the extra noise and JPEG stay as the style says).
-    style: the ingredients (`SceneStyle`); None or SceneStyle.v1() is v1, the pairs as they always were."""
+    """A pair and its exact flow.
+
+    Args:
+        seed: the seed the pair is drawn from.
+        height: in pixels, at least 16.
+        width: in pixels, at least 16.
+        max_displacement: the largest object translation in pixels, by default 0.15 * width (77 px at 512
+            wide); rotation and scale add to it near object edges.
+        photometric: False leaves out the colour changes and sensor noise (the scene is the same; with a
+            v2 style, also the lighting changes, the extra noise and JPEG stay as the style says).
+        style: the ingredients (`SceneStyle`); None or SceneStyle.v1() is v1, the pairs as they always were.
+
+    Returns:
+        A `ScenePair`, with the occlusion and the backward flow and occlusion.
+
+    Raises:
+        InputError: a size under 16x16.
+    """
     if height < 16 or width < 16:
         raise InputError(f"scene size must be at least 16x16, got {height}x{width}")
     if max_displacement is None:

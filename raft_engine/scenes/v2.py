@@ -41,7 +41,24 @@ from raft_engine.scenes.photos import TRAINING_PHOTOS, load_photo
 
 @dataclass(frozen=True)
 class SceneStyle:
-    """Which ingredients a generated pair has. All off: v1, bit for bit."""
+    """Which ingredients a generated pair has. All off: v1, bit for bit.
+
+    Attributes:
+        natural_textures: 1/f-spectrum noise and dead-leaves textures.
+        photos: textures cut from TRAINING_PHOTOS (never HELD_OUT_PHOTOS).
+        thin: thin structures: sticks and wires 1-5 px across.
+        many_objects: 4-20 objects, radii log-uniform over 3%-40% of the short side.
+        large_motion: a third of the objects translate by up to 1.75x max_displacement.
+        camera: a moving camera: a homography (pan, roll, zoom, tilt) instead of the background's motion.
+        entering: a third of the objects start at the border, moving into or out of the frame.
+        blur: motion blur: each frame, with probability 0.4, an exposure along the motion.
+        lighting: exposure, white balance and a smooth illumination field change between frames.
+        noise: signal-dependent (shot + read) sensor noise.
+        jpeg: a JPEG round trip (PIL) at a random quality 30-95, with probability 0.6.
+        wide_camera: a moving camera with a wider range (with or without `camera`): pans up to 1.5x
+            max_displacement (the whole frame moving 50-130 px, as in real footage), roll up to 6 degrees,
+            zoom up to +-12%, tilt 0.2 per frame size; the same draws as `camera`'s, rescaled.
+    """
 
     natural_textures: bool = False  # 1/f-spectrum noise and dead-leaves textures
     photos: bool = False  # textures cut from TRAINING_PHOTOS (never HELD_OUT_PHOTOS)
@@ -61,18 +78,31 @@ class SceneStyle:
 
     @classmethod
     def v1(cls) -> SceneStyle:
+        """The v1 style: every ingredient off."""
         return cls()
 
     @classmethod
     def v2(cls) -> SceneStyle:
+        """The v2 style: every ingredient on."""
         return cls(**{name: True for name in cls.__dataclass_fields__})
 
     @property
     def is_v1(self) -> bool:
+        """Whether every ingredient is off: the pairs are v1's, bit for bit."""
         return not any(getattr(self, name) for name in self.__dataclass_fields__)
 
     def without(self, *names: str) -> SceneStyle:
-        """This style with the named ingredients (fields, or groups of STYLE_GROUPS) switched off."""
+        """This style with the named ingredients switched off.
+
+        Args:
+            *names: ingredients (fields), or groups of STYLE_GROUPS.
+
+        Returns:
+            A new `SceneStyle`.
+
+        Raises:
+            InputError: a name that is neither a field nor a group.
+        """
         off: set[str] = set()
         for name in names:
             if name in STYLE_GROUPS:
@@ -86,7 +116,18 @@ class SceneStyle:
 
     @classmethod
     def parse(cls, scenes: str, without: str = "") -> SceneStyle:
-        """'v1' or 'v2', minus a comma-separated list of ingredients or groups ('' for none)."""
+        """The style of 'v1' or 'v2', minus a comma-separated list of ingredients or groups.
+
+        Args:
+            scenes: 'v1' or 'v2'.
+            without: a comma-separated list of ingredients or groups of STYLE_GROUPS ('' for none).
+
+        Returns:
+            The `SceneStyle`.
+
+        Raises:
+            InputError: `scenes` is neither 'v1' nor 'v2', or a name is neither a field nor a group.
+        """
         if scenes not in ("v1", "v2"):
             raise InputError(f"scenes must be 'v1' or 'v2', got {scenes!r}")
         style = cls.v1() if scenes == "v1" else cls.v2()
