@@ -1,6 +1,6 @@
 """The ONNX export's correlation, dense against on-demand: peak memory and latency in ONNX Runtime (CPU).
 
-    python benchmarks/onnx_memory.py                                 # the README's run (about an hour on 2 cores)
+    python benchmarks/onnx_memory.py                                 # the documented run (about an hour on 2 cores)
     python benchmarks/onnx_memory.py --sizes 128x160 --repeats 1    # a smoke run
 
 For each size: RAFT-large (random weights: memory and time do not depend on them), 12 iterations,

@@ -1,6 +1,6 @@
 """Sequences: what encoding each frame once and warm start buy, measured on generated clips with exact flow.
 
-    python benchmarks/sequence.py                          # the README's run: CPU, 436x1024, RAFT-large and -small
+    python benchmarks/sequence.py                          # the documented run: CPU, 436x1024, RAFT-large and -small
     python benchmarks/sequence.py --device cuda --compile  # the same on a GPU, compiled (one graph per shape)
     python benchmarks/sequence.py --quick                  # a smoke run: 128x160, 3 frames
 

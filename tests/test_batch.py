@@ -253,3 +253,38 @@ def test_a_job_joins_a_two_node_cluster_by_address(clips, tmp_path):
         left = subprocess.run(["pgrep", "-f", str(temp)], capture_output=True, text=True).stdout.strip()
         shutil.rmtree(temp, ignore_errors=True)
     assert not left
+
+
+def test_a_clip_gone_after_planning_is_an_error_row_not_a_crash(ray_session, tmp_path):
+    """A worker that cannot read its shard's frames (the folder removed since the job planned it) reports
+    the shard as failed, naming the path, and the job goes on."""
+    from raft_engine.distributed.worker import ShardWorker
+    from raft_engine.runtime.options import EngineOptions
+
+    options = EngineOptions(device="cpu").to_dict()
+    worker = ShardWorker("builtin", options, ITERS, None, False, False, (), str(tmp_path / "out"))
+    shard = {"clip": "gone", "path": str(tmp_path / "gone"), "kind": "folder", "start": 0, "stop": 2}
+    row = worker({name: np.array([value]) for name, value in shard.items()})
+    assert row["status"][0] == "error" and str(tmp_path / "gone") in row["reason"][0], row["reason"][0]
+
+
+def test_the_documentation_examples_run(ray_session, clips, tmp_path, monkeypatch):
+    """docs/pages/guides/batch.md's command and Python examples, on the session's Ray, in a folder with
+    its clips.txt (the guide's command for N GPUs is ```text: it needs GPUs)."""
+    import re
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "pages" / "guides" / "batch.md").read_text()
+    shutil.copytree(clips, tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    shell = re.findall(r"```bash\n(.*?)```", page, flags=re.S)
+    commands = [line.split("#")[0].split() for block in shell for line in block.splitlines()]
+    commands = [words[1:] for words in commands if words[:1] == ["raft-engine"]]
+    assert commands == [["batch", "clips.txt", "-o", "OUT", "--workers", "2"]]
+    assert main([*commands[0], "--iters", str(ITERS)]) == 0
+    assert pq.read_table("OUT/pairs.parquet").num_rows == 5 + 3
+    namespace: dict = {}
+    for block in re.findall(r"```python\n(.*?)```", page, flags=re.S):
+        exec(block.replace("workers=2,", f"workers=2, iters={ITERS},"), namespace)
+    assert namespace["report"].pairs == 8 and not namespace["report"].failed
+    assert len(list((tmp_path / "flows" / "walk").glob("*.flo"))) == 5
+    assert set(namespace["clips"]["clip"]) == {"walk", "pan"} and set(namespace["still"]) <= {"walk", "pan"}

@@ -94,34 +94,79 @@ def plot(records: list[dict], path: str) -> None:
     figure.savefig(path, dpi=120)
 
 
-def render_markdown(results_dir: Path) -> str:
-    """BENCHMARKS.md: every results file, with its device, versions and command, as tables."""
+# Keys of a measurement file that describe where and how it was measured, shown before its figures.
+_CONTEXT_KEYS = ("device", "command", "raft_engine", "torch", "ray", "python", "cpus", "note")
+
+
+def _leaves(value: object, path: str = "") -> list[tuple[str, str]]:
+    """(dotted path, text) of every scalar in a JSON value; lists of scalars on one line."""
+    if isinstance(value, dict):
+        return [leaf for key, item in value.items() for leaf in _leaves(item, f"{path}.{key}" if path else str(key))]
+    if isinstance(value, list):
+        if all(not isinstance(item, (dict, list)) for item in value):
+            return [(path, ", ".join(_text(item) for item in value))]
+        return [leaf for k, item in enumerate(value) for leaf in _leaves(item, f"{path}[{k}]")]
+    return [(path, _text(value))]
+
+
+def _text(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "-" if value is None else str(value)
+
+
+def _benchmark_section(records: list[dict]) -> list[str]:
+    """A file of `raft-engine bench` records: its device, versions and command, then the table."""
+    first = records[0]
+    versions_text = ", ".join(f"{k} {v}" for k, v in first["versions"].items())
+    return [
+        f"- device: {first['device']}",
+        f"- versions: {versions_text}",
+        f"- weights: {first['weights']}",
+        f"- bf16 matrix-product peak measured: {first['bf16_matmul_tflops']} TFLOP/s",
+        f"- date: {first['date']}",
+        f"- command: `{first['command']}`",
+        "",
+        "```",
+        table(records),
+        "```",
+    ]
+
+
+def _measurement_section(data: object) -> list[str]:
+    """Any other results file (a script of benchmarks/): where and how, then every figure by its path."""
+    lines = []
+    rest = data
+    if isinstance(data, dict):
+        for key in _CONTEXT_KEYS:
+            if key in data:
+                text = f"`{data[key]}`" if key == "command" else _text(data[key])
+                lines.append(f"- {key}: {text}")
+        rest = {key: value for key, value in data.items() if key not in _CONTEXT_KEYS}
+    lines += ["", "| measure | value |", "|---|---|"]
+    lines += [f"| {path or '-'} | {text.replace('|', '/')} |" for path, text in _leaves(rest)]
+    return lines
+
+
+def render_markdown(results_dir: Path, level: int = 1) -> str:
+    """Every results file of `results_dir`, with its device, versions and command: the benchmark's records
+    as a table, other measurements as a table of their figures. `level`: the title's heading level."""
+    heading = "#" * level
     parts = [
-        "# Benchmarks",
+        f"{heading} Benchmarks",
         "",
         "Rendered by `python bench.py --render benchmarks/results` from the JSON records there.",
         "Every number was measured by the command shown with it; reproduce a table by running that command.",
         "",
     ]
     for path in sorted(results_dir.glob("*.json")):
-        records = json.loads(path.read_text())
-        if not records:
+        data = json.loads(path.read_text())
+        if not data:
             continue
-        first = records[0]
-        versions_text = ", ".join(f"{k} {v}" for k, v in first["versions"].items())
-        parts += [
-            f"## {path.stem}",
-            "",
-            f"- device: {first['device']}",
-            f"- versions: {versions_text}",
-            f"- weights: {first['weights']}",
-            f"- bf16 matrix-product peak measured: {first['bf16_matmul_tflops']} TFLOP/s",
-            f"- date: {first['date']}",
-            f"- command: `{first['command']}`",
-            "",
-            "```",
-            table(records),
-            "```",
-            "",
-        ]
+        is_bench = isinstance(data, list) and all(
+            isinstance(r, dict) and "backend" in r and "versions" in r for r in data
+        )
+        parts += [f"{heading}# {path.stem}", ""]
+        parts += _benchmark_section(data) if is_bench else _measurement_section(data)
+        parts.append("")
     return "\n".join(parts)
