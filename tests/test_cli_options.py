@@ -26,14 +26,14 @@ LIBRARY_CHOICES = {
 }
 # Which commands take each option: a command losing one, or the test finding none, fails loudly.
 TAKEN_BY = {
-    "backend": {"flow", "inspect", "evaluate"},
-    "corr": {"flow", "inspect", "evaluate", "export"},
-    "padding": {"flow", "inspect", "evaluate"},
-    "dtype": {"flow", "inspect", "evaluate"},
+    "backend": {"flow", "inspect", "evaluate", "batch", "serve"},
+    "corr": {"flow", "inspect", "evaluate", "export", "batch", "serve"},
+    "padding": {"flow", "inspect", "evaluate", "batch", "serve"},
+    "dtype": {"flow", "inspect", "evaluate", "batch", "serve"},
     "variant": {"flow"},
-    "weights": {"flow", "inspect", "export", "demo", "evaluate"},
-    "iters": {"flow", "inspect", "export", "demo", "evaluate"},
-    "device": {"flow", "inspect", "demo", "selftest", "evaluate", "bench", "train"},
+    "weights": {"flow", "inspect", "export", "demo", "evaluate", "batch", "serve"},
+    "iters": {"flow", "inspect", "export", "demo", "evaluate", "batch", "serve"},
+    "device": {"flow", "inspect", "demo", "selftest", "evaluate", "bench", "train", "batch", "serve"},
 }
 # bench's list options name what it sweeps (its backends include peers: ONNX Runtime, torchvision), and
 # train's are the fields of the training configuration: options of their own, not the shared ones.

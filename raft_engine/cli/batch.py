@@ -73,7 +73,6 @@ def register(commands: Any) -> None:
         metavar="S",
         help="seconds to wait for the workers to start before failing (default 300)",
     )
-    batch.add_argument("--crash-once", metavar="MARKER", help=argparse.SUPPRESS)  # the tests' switch
     batch.set_defaults(run=run)
 
 
@@ -122,7 +121,6 @@ def run(args: argparse.Namespace) -> int:
             gpus_per_worker=args.gpus_per_worker, threads_per_worker=args.threads_per_worker, address=args.address,
             writes=writes, bidirectional=args.bidirectional, warm_start=args.warm_start, overwrite=args.overwrite,
             max_retries=args.max_retries, start_timeout=args.start_timeout, progress=progress,
-            crash_marker=args.crash_once,
         )  # fmt: skip
     finally:
         progress.close()
