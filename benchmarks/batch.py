@@ -2,6 +2,7 @@
 what restarting the warm start at each shard's first pair costs in accuracy.
 
     python benchmarks/batch.py --json benchmarks/results/DATE-batch-cpu.json   # the documented run, 2 CPUs
+    python benchmarks/batch.py --scaling-only --clips 32 --repeats 1 --json ...  # (a) on a longer job
     python benchmarks/batch.py --quick                                         # a smoke run: small, 1 repeat
 
 (a) Scaling: pairs/s of a job over --clips generated clips of --frames frames with 1 and with 2 workers of one
@@ -13,7 +14,8 @@ what restarting the warm start at each shard's first pair costs in accuracy.
     their work, and for a job its tables. The runs take
     turns, --repeats times, and each figure is the median. ratio: 2-worker pairs/s over 1-worker pairs/s;
     beside it the same from the seconds the workers spent in their shards (the manifest's), without the
-    start. overhead: the 1-worker job's wall time over the 1 process's, minus 1.
+    start. overhead: the 1-worker job's wall time over the 1 process's, minus 1. wait: the mean time a
+    worker spends between the end of one shard and the start of its next (the manifest's start times).
 (b) Warm start: the mean end-point error against the exact flow of a job with --warm-start (cold at each
     shard's first pair, --shard-frames pairs per shard), of one process warm-starting over the whole clip,
     and of cold starts, on the same held-out generated clips with the built-in model; and over the pairs
@@ -27,6 +29,7 @@ On a machine with N GPUs the same job is, for example:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
@@ -58,8 +61,9 @@ def _write_clips(root: Path, clips: int, frames: int, height: int, width: int, f
     return sequences
 
 
-def _job(root: Path, name: str, **settings) -> tuple[float, int, float]:
-    """One job into a fresh folder -> (wall seconds, pairs, the seconds of its shards added up)."""
+def _job(root: Path, name: str, **settings) -> tuple[float, int, float, float]:
+    """One job into a fresh folder -> (wall seconds, pairs, the seconds of its shards added up, the mean
+    seconds a worker waited between the end of one shard and the start of its next)."""
     from raft_engine.distributed import flow_batch
 
     out = root / name
@@ -69,7 +73,11 @@ def _job(root: Path, name: str, **settings) -> tuple[float, int, float]:
     if not report.ok:
         raise SystemExit(f"the job failed: {report.failed}")
     entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()[1:]]
-    return wall, report.pairs, sum(entry["seconds"] for entry in entries)
+    waits = []
+    for pid in {entry["pid"] for entry in entries}:
+        mine = sorted((entry["started"], entry["seconds"]) for entry in entries if entry["pid"] == pid)
+        waits += [after[0] - (before[0] + before[1]) for before, after in itertools.pairwise(mine)]
+    return wall, report.pairs, sum(entry["seconds"] for entry in entries), float(np.mean(waits)) if waits else 0.0
 
 
 def _process(frames_of_clips: list[list[np.ndarray]], iters: int) -> tuple[float, int]:
@@ -86,7 +94,7 @@ def _process(frames_of_clips: list[list[np.ndarray]], iters: int) -> tuple[float
     return time.perf_counter() - started, pairs
 
 
-def _processes(sequences: list, count: int, iters: int) -> tuple[float, int, float]:
+def _processes(sequences: list, count: int, iters: int) -> tuple[float, int, float, float]:
     """The job's work split by clips over `count` plain processes started for it (no Ray) -> (wall seconds
     from their start to the last one's end, pairs, the processes' own seconds added up)."""
     context = multiprocessing.get_context("spawn")
@@ -94,7 +102,7 @@ def _processes(sequences: list, count: int, iters: int) -> tuple[float, int, flo
     started = time.perf_counter()
     with context.Pool(count) as pool:
         done = pool.starmap(_process, [(share, iters) for share in shares])
-    return time.perf_counter() - started, sum(pairs for _, pairs in done), sum(seconds for seconds, _ in done)
+    return time.perf_counter() - started, sum(pairs for _, pairs in done), sum(seconds for seconds, _ in done), 0.0
 
 
 def scaling(root: Path, args: argparse.Namespace) -> dict:
@@ -114,6 +122,7 @@ def scaling(root: Path, args: argparse.Namespace) -> dict:
     (pairs,) = pairs
     seconds = {name: statistics.median(run[0] for run in done) for name, done in runs.items()}
     working = {name: statistics.median(run[2] for run in done) for name, done in runs.items()}
+    waits = {name: statistics.median(run[3] for run in runs[name]) for name in ("workers_1", "workers_2")}
     rate = {name: pairs / value for name, value in seconds.items()}
     return {
         "clips": args.clips, "frames_per_clip": args.frames, "pairs": pairs, "size": [args.height, args.width],
@@ -125,6 +134,7 @@ def scaling(root: Path, args: argparse.Namespace) -> dict:
         "ratio_2_over_1_plain_processes": round(rate["processes_2"] / rate["processes_1"], 3),
         "ratio_2_over_1_workers_working": round(2 * working["workers_1"] / working["workers_2"], 3),
         "overhead_1_worker_over_1_process": round(seconds["workers_1"] / seconds["processes_1"] - 1, 3),
+        "worker_wait_between_shards_s": {name: round(value, 3) for name, value in waits.items()},
         "runs": {name: [round(run[0], 2) for run in done] for name, done in runs.items()},
     }  # fmt: skip
 
@@ -181,6 +191,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=12)
     parser.add_argument("--shard-frames", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scaling-only", action="store_true", help="(a) only, for a longer job: more --clips")
     parser.add_argument("--quick", action="store_true", help="2 clips of 5 frames at 128x160, 2 iterations, 1 run")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -202,7 +213,8 @@ def main() -> None:
             (Path(scratch) / "a").mkdir()
             (Path(scratch) / "b").mkdir()
             record = {"scaling": scaling(Path(scratch) / "a", args)}
-            record["warm_start"] = warm_start_cost(Path(scratch) / "b", args)
+            if not args.scaling_only:
+                record["warm_start"] = warm_start_cost(Path(scratch) / "b", args)
     finally:
         ray.shutdown()
     record = {

@@ -296,7 +296,7 @@ def flow_batch(
                 shard = {name: row[name] for name in ("clip", "path", "kind", "start", "stop")}
                 pairs = json.loads(row["pairs"])
                 entry = {"shard": shard, "pairs": pairs, "node": row["node"], "pid": row["pid"],
-                         "seconds": round(row["seconds"], 3)}  # fmt: skip
+                         "started": round(row["started"], 3), "seconds": round(row["seconds"], 3)}  # fmt: skip
                 manifest.append(entry)
                 kept.append(entry)
                 nodes.add(row["node"])
@@ -319,7 +319,7 @@ def flow_batch(
 def _run(
     todo: list[Shard], worker_options: dict, workers: int, gpus: float, cpus: int, retries: int, start_timeout: float
 ):
-    """The shards through an actor pool of ShardWorkers, one shard per worker at a time -> their rows, as they
+    """The shards through an actor pool of ShardWorkers, at most two queued per worker -> their rows, as they
     finish."""
     import ray.data
     import ray.exceptions
@@ -332,8 +332,10 @@ def _run(
     with warnings.catch_warnings():
         # max_restarts and max_task_retries go through Ray's deprecated remote arguments: no named form yet.
         warnings.simplefilter("ignore")
-        # One shard in flight per worker: otherwise the pool queues shards on the first worker to start.
-        pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1)
+        # Two shards per worker: the next one waits in the worker's queue while it runs one, so that it does
+        # not idle between shards for the driver's round trip (the pool starts only once every worker is up,
+        # and gives each shard to the least busy one).
+        pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2)
         results = dataset.map_batches(
             ShardWorker, fn_constructor_kwargs=worker_options, compute=pool, batch_size=1, batch_format="numpy",
             num_cpus=cpus, num_gpus=gpus or None, max_restarts=retries, max_task_retries=retries,

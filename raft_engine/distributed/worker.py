@@ -52,13 +52,14 @@ class ShardWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One shard (a batch of one row) -> one row: the shard, status "ok" or "error", the reason, the
-        pairs' statistics (JSON), the node and process that ran it, and the seconds it took."""
+        pairs' statistics (JSON), the node and process that ran it, when it started (Unix time) and the
+        seconds it took."""
         import ray
 
         from raft_engine.distributed.clips import Shard
 
         shard = Shard(**{name: _item(batch[name][0]) for name in ("clip", "path", "kind", "start", "stop")})
-        start = time.perf_counter()
+        started, start = time.time(), time.perf_counter()
         try:
             pairs, status, reason = self._run(shard), "ok", ""
         except RaftEngineError as error:
@@ -72,6 +73,7 @@ class ShardWorker:
             "pairs": _json(pairs),
             "node": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
+            "started": started,
             "seconds": time.perf_counter() - start,
         }
         return {name: np.array([value]) for name, value in row.items()}
